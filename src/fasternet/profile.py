@@ -1,0 +1,177 @@
+"""Per-layer parameters, MACs and memory access: the paper's latency = FLOPs / FLOPS, as a tool.
+
+MACs count multiply-accumulates of convolutions and linear layers (what
+``torch.utils.flop_counter`` counts, halved). Memory access counts tensor elements read and
+written per layer, as the paper does: input + output + weights, and for PConv only the
+convolved channels, ``h*w*2*c_p + k^2*c_p^2``, since the untouched ones need not move.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fasternet.models import FasterNetBlock, PartialConv
+
+__all__ = ["LayerProfile", "ProfileReport", "profile"]
+
+
+@dataclasses.dataclass
+class LayerProfile:
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    memory_access: int  # elements read + written
+
+    @property
+    def group(self) -> str:
+        """Stem, stage i (with its merging layer), outputs or head: how the table is grouped."""
+        parts = self.name.split(".")
+        if parts[0] == "patch_embed":
+            return "stem"
+        if parts[0] == "stages":
+            return f"stage {parts[1]}"
+        if parts[0] == "feature_norms":
+            return "output norms"
+        return "head"
+
+
+@dataclasses.dataclass
+class ProfileReport:
+    input_size: tuple[int, ...]
+    rows: list[LayerProfile]
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def macs(self) -> int:
+        return sum(r.macs for r in self.rows)
+
+    @property
+    def memory_access(self) -> int:
+        return sum(r.memory_access for r in self.rows)
+
+    def groups(self) -> dict[str, list[LayerProfile]]:
+        out: dict[str, list[LayerProfile]] = {}
+        for row in self.rows:
+            out.setdefault(row.group, []).append(row)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "params": self.params,
+            "macs": self.macs,
+            "memory_access": self.memory_access,
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+        }
+
+    def table(self, *, by_stage: bool = False) -> str:
+        """The report as text: layers grouped by stage with subtotals, then a totals line."""
+        header = f"{'layer':<40} {'type':<16} {'output':<18} {'params':>12} {'MMACs':>10} {'mem (K el.)':>12}"
+        lines = [header, "-" * len(header)]
+
+        def fmt(name: str, kind: str, shape: str, params: int, macs: int, mem: int) -> str:
+            return f"{name:<40} {kind:<16} {shape:<18} {params:>12,} {macs / 1e6:>10.2f} {mem / 1e3:>12.1f}"
+
+        for group, rows in self.groups().items():
+            if not by_stage:
+                for r in rows:
+                    shape = "x".join(str(d) for d in r.output_shape)
+                    lines.append(fmt(r.name, r.type, shape, r.params, r.macs, r.memory_access))
+            shape = "x".join(str(d) for d in rows[-1].output_shape)
+            lines.append(fmt(f"[{group}]", f"{len(rows)} layers", shape, sum(r.params for r in rows),
+                             sum(r.macs for r in rows), sum(r.memory_access for r in rows)))
+            if not by_stage:
+                lines.append("")
+        lines.append("-" * len(header))
+        size = "x".join(str(d) for d in self.input_size)
+        lines.append(fmt("total", f"input {size}", "", self.params, self.macs, self.memory_access))
+        return "\n".join(lines)
+
+
+def _numel(t: Any) -> int:
+    return t.numel() if isinstance(t, torch.Tensor) else 0
+
+
+def _layer_row(name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> LayerProfile:
+    x = inputs[0]
+    params = sum(p.numel() for p in module.parameters())
+    macs = 0
+    memory = _numel(x) + _numel(output) + params
+    if isinstance(module, PartialConv):
+        conv = module.partial_conv3
+        n, _, h, w = output.shape
+        macs = n * h * w * conv.out_channels * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
+        memory = n * h * w * 2 * module.dim_conv + params
+    elif isinstance(module, nn.Conv2d):
+        macs = output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    elif isinstance(module, nn.Linear):
+        macs = output.numel() * module.in_features
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        memory += sum(b.numel() for b in module.buffers() if b.ndim == 1)  # running mean and var
+    kind = "PConv" if isinstance(module, PartialConv) else type(module).__name__
+    return LayerProfile(name, kind, tuple(output.shape), params, macs, memory)
+
+
+def _residual_row(name: str, block: FasterNetBlock, output: torch.Tensor) -> LayerProfile:
+    scale = block.layer_scale.numel() if block.layer_scale is not None else 0
+    return LayerProfile(f"{name} (+ shortcut)", "Add", tuple(output.shape), scale, 0, 3 * output.numel() + scale)
+
+
+def _profiled_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """PConvs as units, blocks for their residual add, and every other compute leaf."""
+    chosen = []
+    inside_pconv: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, PartialConv):
+            inside_pconv.append(name + ".")
+            chosen.append((name, module))
+        elif isinstance(module, FasterNetBlock):
+            chosen.append((name, module))
+        elif not any(name.startswith(p) for p in inside_pconv) and not list(module.children()):
+            if not isinstance(module, nn.Identity) and type(module).__name__ != "DropPath":
+                chosen.append((name, module))
+    return chosen
+
+
+@torch.no_grad()
+def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -> ProfileReport:
+    """Run one forward pass of a zero batch of ``input_size`` and account for every layer.
+
+    Works on the meta device too (no computation), which makes profiling large variants instant.
+    """
+    rows: list[LayerProfile] = []
+    handles = []
+
+    def hook_for(name: str, module: nn.Module):
+        def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if isinstance(mod, FasterNetBlock):
+                rows.append(_residual_row(name, mod, output))
+            else:
+                rows.append(_layer_row(name, mod, inputs, output))
+
+        return hook
+
+    for name, module in _profiled_modules(model):
+        handles.append(module.register_forward_hook(hook_for(name, module)))
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(tuple(input_size), device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return ProfileReport(tuple(input_size), rows)
