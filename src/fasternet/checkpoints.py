@@ -115,6 +115,9 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
                 return {key: f.get_tensor(key) for key in f.keys()}, metadata
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"corrupt or truncated safetensors file {path}: {e}") from None
+    if not head.startswith((b"PK", b"\x80")):  # a torch zip archive, or a legacy pickle
+        kind = " (text or HTML: a failed download?)" if head.lstrip()[:1] in (b"<", b"{", b"#") else ""
+        raise CheckpointError(f"{path} is not a checkpoint: neither safetensors nor a PyTorch file{kind}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError as e:
@@ -126,7 +129,8 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
             ) from None
         raise CheckpointError(f"corrupt checkpoint {path}: {e}") from None
     except Exception as e:  # torch raises RuntimeError/EOFError/... for damaged zip or pickle data
-        raise CheckpointError(f"corrupt or truncated checkpoint {path}: {str(e).splitlines()[0]}") from None
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"corrupt or truncated checkpoint {path}: {reason}") from None
 
 
 def _unwrap(obj: Any, origin: str) -> StateDict:

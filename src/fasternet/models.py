@@ -424,8 +424,8 @@ def get_variant(name: str) -> VariantInfo:
         return _VARIANTS[name]
     except KeyError:
         close = difflib.get_close_matches(name, _VARIANTS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} Available: {', '.join(_VARIANTS)}") from None
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; available: {', '.join(_VARIANTS)}") from None
 
 
 def create_model(
