@@ -11,8 +11,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "reference"
-VARIANT_KEYS = {"fasternet_t0": "t0", "fasternet_t1": "t1", "fasternet_t2": "t2",
-                "fasternet_s": "s", "fasternet_m": "m", "fasternet_l": "l"}
+VARIANT_KEYS = {
+    "fasternet_t0": "t0",
+    "fasternet_t1": "t1",
+    "fasternet_t2": "t2",
+    "fasternet_s": "s",
+    "fasternet_m": "m",
+    "fasternet_l": "l",
+}
 
 # A FasterNet small enough to run in milliseconds, with every structural feature of the real ones.
 TINY = dict(embed_dim=16, depths=(1, 2, 1, 1), feature_dim=64, num_classes=10, act_layer="gelu")

@@ -9,10 +9,10 @@ import zipfile
 
 import pytest
 import torch
-from conftest import REFERENCE, TINY, VARIANT_KEYS, load_reference, relative_error
 from safetensors.torch import save_file
 
 import fasternet
+from conftest import REFERENCE, TINY, VARIANT_KEYS, load_reference, relative_error
 from fasternet import CheckpointError, FasterNet, convert_state_dict, load_checkpoint
 from fasternet.checkpoints import identify_variant, infer_config, read_checkpoint
 
@@ -31,8 +31,10 @@ def meta_model(name: str, **kwargs) -> FasterNet:
 
 def random_like(layout: dict[str, list[int]]) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {k: (torch.randint(0, 100, s, generator=g) if k.endswith("num_batches_tracked")
-                else torch.randn(s, generator=g)) for k, s in layout.items()}
+    return {
+        k: (torch.randint(0, 100, s, generator=g) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g))
+        for k, s in layout.items()
+    }
 
 
 # --- The three layouts, exactly --------------------------------------------------------------
@@ -113,7 +115,7 @@ def test_official_backbone_outputs_are_reproduced():
     with torch.no_grad():
         outs = model(ref["input"])
     assert len(outs) == 4
-    for out, expected in zip(outs, ref["output"]):
+    for out, expected in zip(outs, ref["output"], strict=True):
         assert out.shape == expected.shape
         assert relative_error(out, expected) < 1e-5
 
@@ -166,9 +168,16 @@ def assert_same_weights(a: FasterNet, b: FasterNet):
         pytest.param(lambda sd: {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 1}, id="lightning"),
         pytest.param(lambda sd: {f"module.{k}": v for k, v in sd.items()}, id="ddp"),
         pytest.param(lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()}, id="compiled"),
-        pytest.param(lambda sd: {"meta": {"mmdet_version": "2.25.0"}, "state_dict": {
-            **{f"backbone.{k}": v for k, v in sd.items() if not k.startswith(("conv_head", "classifier"))},
-            "neck.lateral_convs.0.conv.weight": torch.zeros(4, 16, 1, 1)}}, id="mmdet"),
+        pytest.param(
+            lambda sd: {
+                "meta": {"mmdet_version": "2.25.0"},
+                "state_dict": {
+                    **{f"backbone.{k}": v for k, v in sd.items() if not k.startswith(("conv_head", "classifier"))},
+                    "neck.lateral_convs.0.conv.weight": torch.zeros(4, 16, 1, 1),
+                },
+            },
+            id="mmdet",
+        ),
     ],
 )
 def test_wrapped_checkpoints_load(wrap, tiny_pair, tmp_path):
@@ -274,8 +283,11 @@ def test_truncated_safetensors(tiny_pair, tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b"\x00" * 7, "not a checkpoint"), (bytes(range(7, 250)) * 16, "not a checkpoint"),
-     (b"<html>404 Not Found</html>", "failed download")],
+    [
+        (b"\x00" * 7, "not a checkpoint"),
+        (bytes(range(7, 250)) * 16, "not a checkpoint"),
+        (b"<html>404 Not Found</html>", "failed download"),
+    ],
 )
 def test_garbage_files(content, message, tmp_path):
     path = tmp_path / "garbage.pth"
@@ -311,8 +323,11 @@ def test_missing_and_unexpected_keys_are_listed(tiny_pair):
     state = source.state_dict()
     del state["stages.1.blocks.1.mlp.0.weight"]
     state["stages.1.blocks.1.extra.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match=r"1 missing keys \(stages\.1\.blocks\.1\.mlp\.0\.weight\).*"
-                                              r"1 unexpected keys \(stages\.1\.blocks\.1\.extra\.weight\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 missing keys \(stages\.1\.blocks\.1\.mlp\.0\.weight\).*"
+        r"1 unexpected keys \(stages\.1\.blocks\.1\.extra\.weight\)",
+    ):
         load_checkpoint(target, state)
     report = load_checkpoint(target, state, strict=False)
     assert report.left_initialized == ["stages.1.blocks.1.mlp.0.weight"]
@@ -322,8 +337,11 @@ def test_missing_and_unexpected_keys_are_listed(tiny_pair):
 def test_another_variant_is_named(layouts):
     t1 = {k: torch.zeros(s) for k, s in layouts["t1"]["official_classification"].items()}
     model = fasternet.create_model("fasternet_t0")
-    with pytest.raises(CheckpointError, match=r"this checkpoint is fasternet_t1 \(embed_dim 64.*the model is "
-                                              r"fasternet_t0 \(embed_dim 40"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"this checkpoint is fasternet_t1 \(embed_dim 64.*the model is "
+        r"fasternet_t0 \(embed_dim 40",
+    ):
         load_checkpoint(model, t1)
 
 

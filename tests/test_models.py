@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, VARIANT_KEYS
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fasternet
+from conftest import TINY, VARIANT_KEYS
 from fasternet.models import DropPath, FasterNet, PartialConv
 
 PAPER_NAMES = ["fasternet_t0", "fasternet_t1", "fasternet_t2", "fasternet_s", "fasternet_m", "fasternet_l"]
@@ -42,8 +42,18 @@ def test_exact_params_and_macs(name, paper):
 def test_variant_config_matches_official(name, layouts):
     official = layouts[VARIANT_KEYS[name]]["config"]
     config = meta_model(name).config
-    for field in ("embed_dim", "mlp_ratio", "n_div", "feature_dim", "patch_size", "patch_stride",
-                  "patch_size2", "patch_stride2", "drop_path_rate", "layer_scale_init_value"):
+    for field in (
+        "embed_dim",
+        "mlp_ratio",
+        "n_div",
+        "feature_dim",
+        "patch_size",
+        "patch_stride",
+        "patch_size2",
+        "patch_stride2",
+        "drop_path_rate",
+        "layer_scale_init_value",
+    ):
         assert config[field] == official[field], field
     assert config["depths"] == official["depths"]
     assert config["act_layer"] == official["act_layer"].lower()
@@ -141,7 +151,7 @@ def test_features_only_outputs_go_through_their_own_norms():
     with torch.no_grad():
         normed = model(x)
         raw = model.forward_intermediates(x)
-    for i, (a, b) in enumerate(zip(normed, raw)):
+    for i, (a, b) in enumerate(zip(normed, raw, strict=True)):
         torch.testing.assert_close(a, model.feature_norms[i](b))
 
 
@@ -190,7 +200,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
     model.zero_grad()
     model.set_grad_checkpointing(True)
     model(x).sum().backward()
-    for a, p in zip(plain, model.parameters()):
+    for a, p in zip(plain, model.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad)
 
 

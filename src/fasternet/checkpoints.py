@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from fasternet.models import FasterNet, list_models, get_variant, resolve_act_layer
+from fasternet.models import FasterNet, get_variant, list_models, resolve_act_layer
 
 __all__ = [
     "Checkpoint",
@@ -112,7 +112,7 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 metadata = dict(f.metadata() or {})
-                return {key: f.get_tensor(key) for key in f.keys()}, metadata
+                return {key: f.get_tensor(key) for key in f.keys()}, metadata  # noqa: SIM118 (not a dict)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"corrupt or truncated safetensors file {path}: {e}") from None
     if not head.startswith((b"PK", b"\x80")):  # a torch zip archive, or a legacy pickle
@@ -347,15 +347,15 @@ def load_checkpoint(model: FasterNet, source: Source | Checkpoint, *, strict: bo
         norms = [k for k in incoming if k.startswith("feature_norms.")]
         skipped += norms
         classifier = [k for k in incoming if k.startswith("classifier.")]
-        if classifier and not all(
-            k in expected and expected[k].shape == incoming[k].shape for k in classifier
-        ):
+        if classifier and not all(k in expected and expected[k].shape == incoming[k].shape for k in classifier):
             skipped += classifier
             left_initialized += [k for k in expected if k.startswith("classifier.")]
             found = incoming["classifier.weight"].shape[0] if "classifier.weight" in incoming else "?"
             logger.warning(
                 "classifier not loaded: the checkpoint has %s classes, the model %s; "
-                "it is left initialized (fine-tuning)", found, model.num_classes,
+                "it is left initialized (fine-tuning)",
+                found,
+                model.num_classes,
             )
     for key in skipped:
         incoming.pop(key, None)
@@ -366,8 +366,14 @@ def load_checkpoint(model: FasterNet, source: Source | Checkpoint, *, strict: bo
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointError(_mismatch_message(model, ckpt, incoming, expected, mismatched, missing, unexpected))
     if missing or unexpected:
-        logger.warning("non-strict load from %s: %d missing keys (%s), %d unexpected keys (%s)",
-                       ckpt.origin, len(missing), _first(missing), len(unexpected), _first(unexpected))
+        logger.warning(
+            "non-strict load from %s: %d missing keys (%s), %d unexpected keys (%s)",
+            ckpt.origin,
+            len(missing),
+            _first(missing),
+            len(unexpected),
+            _first(unexpected),
+        )
         left_initialized += missing
         for key in unexpected:
             incoming.pop(key)
@@ -390,8 +396,13 @@ def _mismatch_message(
     except CheckpointError:
         found = None
     model_config = getattr(model, "config", None)
-    if found is not None and model_config is not None and any(
-        not _same(found.get(f), model_config.get(f)) for f in ("embed_dim", "depths", "n_div", "mlp_ratio", "in_chans")
+    if (
+        found is not None
+        and model_config is not None
+        and any(
+            not _same(found.get(f), model_config.get(f))
+            for f in ("embed_dim", "depths", "n_div", "mlp_ratio", "in_chans")
+        )
     ):
         parts[0] = f"this checkpoint is {_describe_arch(found)}; the model is {_describe_arch(model_config)}"
     if mismatched:

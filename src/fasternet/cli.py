@@ -41,8 +41,10 @@ def cmd_list(args: argparse.Namespace) -> None:
         report = profile(model)
         cfg = model.config
         depths = "-".join(str(d) for d in cfg["depths"])
-        print(f"{name:<14} {report.params:>12,} {report.macs / 1e9:>10.4f} {variant.top1:>7.3f}  "
-              f"{cfg['act_layer']:<5} {depths:<11} {cfg['embed_dim']}")
+        print(
+            f"{name:<14} {report.params:>12,} {report.macs / 1e9:>10.4f} {variant.top1:>7.3f}  "
+            f"{cfg['act_layer']:<5} {depths:<11} {cfg['embed_dim']}"
+        )
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -63,8 +65,11 @@ def cmd_info(args: argparse.Namespace) -> None:
         "variant": checkpoints.identify_variant(config),
         "config": config,
         "tensors": len(ckpt.state_dict),
-        "params": sum(v.numel() for k, v in ckpt.state_dict.items() if not k.endswith(("running_mean",
-                      "running_var", "num_batches_tracked"))),
+        "params": sum(
+            v.numel()
+            for k, v in ckpt.state_dict.items()
+            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        ),
         "class_names": ckpt.class_names,
     }
     if args.model:
@@ -113,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.set_defaults(func=func)
         return p
 
@@ -135,8 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("convert", cmd_convert, "convert a checkpoint between layouts")
     p.add_argument("checkpoint", help="checkpoint path or URL (any supported layout)")
     p.add_argument("-o", "--output", required=True, help="output file (.safetensors or .pth)")
-    p.add_argument("--layout", choices=checkpoints.LAYOUTS, default="fasternet",
-                   help="fasternet: safetensors with the configuration; official/timm: a raw state dict")
+    p.add_argument(
+        "--layout",
+        choices=checkpoints.LAYOUTS,
+        default="fasternet",
+        help="fasternet: safetensors with the configuration; official/timm: a raw state dict",
+    )
 
     p = add("download", cmd_download, "download official release checkpoints into $FASTERNET_HOME")
     p.add_argument("model", help="variant name, or 'all'")
@@ -146,8 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError

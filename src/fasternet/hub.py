@@ -7,6 +7,7 @@ truncated file where a good one is expected. A file already in the cache is used
 
 from __future__ import annotations
 
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -55,9 +56,11 @@ def download(url: str, *, directory: str | os.PathLike | None = None, progress: 
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
-            total = response.length  # None when the server does not say
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                      disable=not progress, leave=False) as bar:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length else None  # None when the server does not say
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress, leave=False
+            ) as bar:
                 received = 0
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
@@ -68,7 +71,7 @@ def download(url: str, *, directory: str | os.PathLike | None = None, progress: 
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, destination)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise CheckpointError(
             f"cannot download {url} ({reason}). Without network access, fetch the file elsewhere "

@@ -133,9 +133,7 @@ class FasterNetBlock(nn.Module):
             nn.Conv2d(hidden_dim, dim, 1, bias=False),
         )
         self.layer_scale = (
-            nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
-            if layer_scale_init_value > 0
-            else None
+            nn.Parameter(torch.full((dim,), float(layer_scale_init_value))) if layer_scale_init_value > 0 else None
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -399,18 +397,60 @@ def _register(name: str, checkpoint_file: str, top1: float, **model_args: Any) -
     _VARIANTS[name] = VariantInfo(name, model_args, checkpoint_file, top1)
 
 
-_register("fasternet_t0", "fasternet_t0-epoch.281-val_acc1.71.9180.pth", 71.918,
-          embed_dim=40, depths=(1, 2, 8, 2), act_layer="gelu", drop_path_rate=0.0)
-_register("fasternet_t1", "fasternet_t1-epoch.291-val_acc1.76.2180.pth", 76.218,
-          embed_dim=64, depths=(1, 2, 8, 2), act_layer="gelu", drop_path_rate=0.02)
-_register("fasternet_t2", "fasternet_t2-epoch.289-val_acc1.78.8860.pth", 78.886,
-          embed_dim=96, depths=(1, 2, 8, 2), act_layer="relu", drop_path_rate=0.05)
-_register("fasternet_s", "fasternet_s-epoch.299-val_acc1.81.2840.pth", 81.284,
-          embed_dim=128, depths=(1, 2, 13, 2), act_layer="relu", drop_path_rate=0.1)
-_register("fasternet_m", "fasternet_m-epoch.291-val_acc1.82.9620.pth", 82.962,
-          embed_dim=144, depths=(3, 4, 18, 3), act_layer="relu", drop_path_rate=0.2)
-_register("fasternet_l", "fasternet_l-epoch.299-val_acc1.83.5060.pth", 83.506,
-          embed_dim=192, depths=(3, 4, 18, 3), act_layer="relu", drop_path_rate=0.3)
+_register(
+    "fasternet_t0",
+    "fasternet_t0-epoch.281-val_acc1.71.9180.pth",
+    71.918,
+    embed_dim=40,
+    depths=(1, 2, 8, 2),
+    act_layer="gelu",
+    drop_path_rate=0.0,
+)
+_register(
+    "fasternet_t1",
+    "fasternet_t1-epoch.291-val_acc1.76.2180.pth",
+    76.218,
+    embed_dim=64,
+    depths=(1, 2, 8, 2),
+    act_layer="gelu",
+    drop_path_rate=0.02,
+)
+_register(
+    "fasternet_t2",
+    "fasternet_t2-epoch.289-val_acc1.78.8860.pth",
+    78.886,
+    embed_dim=96,
+    depths=(1, 2, 8, 2),
+    act_layer="relu",
+    drop_path_rate=0.05,
+)
+_register(
+    "fasternet_s",
+    "fasternet_s-epoch.299-val_acc1.81.2840.pth",
+    81.284,
+    embed_dim=128,
+    depths=(1, 2, 13, 2),
+    act_layer="relu",
+    drop_path_rate=0.1,
+)
+_register(
+    "fasternet_m",
+    "fasternet_m-epoch.291-val_acc1.82.9620.pth",
+    82.962,
+    embed_dim=144,
+    depths=(3, 4, 18, 3),
+    act_layer="relu",
+    drop_path_rate=0.2,
+)
+_register(
+    "fasternet_l",
+    "fasternet_l-epoch.299-val_acc1.83.5060.pth",
+    83.506,
+    embed_dim=192,
+    depths=(3, 4, 18, 3),
+    act_layer="relu",
+    drop_path_rate=0.3,
+)
 
 
 def list_models() -> list[str]:
@@ -451,4 +491,3 @@ def create_model(
         source = variant.url if pretrained is True else pretrained
         load_checkpoint(model, resolve_checkpoint(source))
     return model
-

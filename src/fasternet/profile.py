@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fasternet.models import FasterNetBlock, PartialConv
+from fasternet.models import DropPath, FasterNetBlock, PartialConv
 
 __all__ = ["LayerProfile", "ProfileReport", "profile"]
 
@@ -89,8 +89,16 @@ class ProfileReport:
                     shape = "x".join(str(d) for d in r.output_shape)
                     lines.append(fmt(r.name, r.type, shape, r.params, r.macs, r.memory_access))
             shape = "x".join(str(d) for d in rows[-1].output_shape)
-            lines.append(fmt(f"[{group}]", f"{len(rows)} layers", shape, sum(r.params for r in rows),
-                             sum(r.macs for r in rows), sum(r.memory_access for r in rows)))
+            lines.append(
+                fmt(
+                    f"[{group}]",
+                    f"{len(rows)} layers",
+                    shape,
+                    sum(r.params for r in rows),
+                    sum(r.macs for r in rows),
+                    sum(r.memory_access for r in rows),
+                )
+            )
             if not by_stage:
                 lines.append("")
         lines.append("-" * len(header))
@@ -136,11 +144,12 @@ def _profiled_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if isinstance(module, PartialConv):
             inside_pconv.append(name + ".")
             chosen.append((name, module))
-        elif isinstance(module, FasterNetBlock):
+        elif isinstance(module, FasterNetBlock) or (
+            not any(name.startswith(p) for p in inside_pconv)
+            and not list(module.children())
+            and not isinstance(module, (nn.Identity, DropPath))
+        ):
             chosen.append((name, module))
-        elif not any(name.startswith(p) for p in inside_pconv) and not list(module.children()):
-            if not isinstance(module, nn.Identity) and type(module).__name__ != "DropPath":
-                chosen.append((name, module))
     return chosen
 
 
