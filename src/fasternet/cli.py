@@ -8,8 +8,10 @@ exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,6 +114,59 @@ def cmd_download(args: argparse.Namespace) -> None:
         print(hub.download(models.get_variant(name).url))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from fasternet.train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    train(config)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fasternet.data import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, ImageFolder
+    from fasternet.evaluate import class_index_map, evaluate, evaluation_folder, load_for_inference, make_eval_loader
+
+    model, settings = load_for_inference(args.checkpoint, args.model)
+    image_size = args.image_size or settings["image_size"]
+    crop_pct = args.crop_pct or settings["crop_pct"]
+    transform = EvalTransform(image_size, crop_pct, settings["mean"] or IMAGENET_MEAN, settings["std"] or IMAGENET_STD)
+    folder = ImageFolder(evaluation_folder(args.data), transform=transform)
+    label_map = class_index_map(folder.classes, model.class_names, model.num_classes)
+    loader = make_eval_loader(folder, batch_size=args.batch_size, workers=args.workers)
+    result = evaluate(model, loader, device=torch.device("cpu"), label_map=label_map, progress=not args.json)
+    print(f"top-1 {result.top1:.3f}%  top-5 {result.top5:.3f}%  on {result.images} images"
+          + (f" ({result.skipped} unreadable skipped)" if result.skipped else "")
+          + f"  [{image_size}px, crop_pct {crop_pct}]")
+    if args.json:
+        print(json.dumps(result.to_dict()))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from fasternet.data import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+    from fasternet.evaluate import load_for_inference, predict
+
+    model, settings = load_for_inference(args.checkpoint, args.model)
+    transform = EvalTransform(settings["image_size"], settings["crop_pct"], settings["mean"] or IMAGENET_MEAN,
+                              settings["std"] or IMAGENET_STD)
+    results = predict(model, args.images, transform=transform, class_names=model.class_names, top_k=args.top_k)
+    for path, top in zip(args.images, results, strict=True):
+        if args.json:
+            print(json.dumps({"image": path, "top": [{"class": c, "probability": p} for c, p in top]}))
+            continue
+        print(path)
+        for name, probability in top:
+            print(f"  {probability:7.2%}  {name}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from fasternet.data import FASHION_MNIST_SOURCE, prepare_fashion_mnist
+
+    if args.dataset == "fashion-mnist":
+        out = prepare_fashion_mnist(args.output, source=args.source or FASHION_MNIST_SOURCE, train=args.train,
+                                    val=args.val)
+        print(f"wrote {out}/train and {out}/val")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fasternet", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and a traceback on errors")
@@ -145,6 +200,63 @@ def build_parser() -> argparse.ArgumentParser:
         default="fasternet",
         help="fasternet: safetensors with the configuration; official/timm: a raw state dict",
     )
+
+    p = add("train", cmd_train, "train on an image folder with the paper's recipe (torchrun for DDP)")
+    p.add_argument("--model", required=True, help="variant name")
+    p.add_argument("--data", required=True, help="folder holding train/ and val/ image folders")
+    p.add_argument("--output", required=True, help="run folder: last.pt, best.safetensors, log.jsonl")
+    recipe = p.add_argument_group("recipe overrides (default: the variant's ImageNet recipe)")
+    recipe.add_argument("--epochs", type=int, help="epochs (recipe: 300)")
+    recipe.add_argument("--batch-size", type=int, help="global batch size over all processes (recipe: 4096/2048)")
+    recipe.add_argument("--image-size", type=int, help="final training and evaluation size (recipe: 224)")
+    recipe.add_argument("--early-image-size", type=int,
+                        help="progressive resolution: size before the last 20 epochs (recipe: 192 at 224)")
+    recipe.add_argument("--lr", type=float, help="peak learning rate (default: 0.001 * batch / 1024)")
+    recipe.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    recipe.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs (recipe: 20)")
+    recipe.add_argument("--mixup", type=float, help="mixup alpha (0 disables)")
+    recipe.add_argument("--cutmix", type=float, help="cutmix alpha (recipe: 1.0; 0 disables)")
+    recipe.add_argument("--label-smoothing", type=float, help="label smoothing (recipe: 0.1)")
+    recipe.add_argument("--randaugment", help="e.g. rand-m7-mstd0.5-inc1, or none")
+    recipe.add_argument("--drop-path-rate", type=float, help="stochastic depth rate of the last block")
+    recipe.add_argument("--clip-grad", type=float, help="gradient-norm clipping (0 disables)")
+    recipe.add_argument("--crop-scale", type=float, help="smallest random-resized-crop area (recipe: 0.08)")
+    recipe.add_argument("--crop-pct", type=float, help="validation center-crop fraction (recipe: 0.9)")
+    run = p.add_argument_group("run")
+    run.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                     help="autocast: auto = fp16 on GPUs, bf16 on CPUs that have it, else off")
+    run.add_argument("--workers", type=int, help="data loading processes per training process (default: cores, max 8)")
+    run.add_argument("--pretrained", help="initialize from a checkpoint (any layout; classifier kept if it fits)")
+    run.add_argument("--num-classes", type=int, help="check the number of classes (default: from the folders)")
+    run.add_argument("--resume", action="store_true", help="continue after the last completed epoch in --output")
+    run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    run.add_argument("--sync-bn", action="store_true", help="batch norm statistics over all processes")
+    run.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    p = add("eval", cmd_eval, "top-1/top-5 of a checkpoint on an image folder")
+    p.add_argument("--checkpoint", required=True, help="checkpoint path or URL")
+    p.add_argument("--data", required=True, help="folder of class folders (or a root with val/)")
+    p.add_argument("--model", help="variant name (needed only when the checkpoint does not say)")
+    p.add_argument("--image-size", type=int, help="evaluation size (default: the checkpoint's, else 224)")
+    p.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the checkpoint's, else 0.9)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    p.add_argument("--json", action="store_true", help="last line: JSON with top1, top5, images")
+
+    p = add("predict", cmd_predict, "top-k classes of image files")
+    p.add_argument("--checkpoint", required=True, help="checkpoint path or URL")
+    p.add_argument("--model", help="variant name (needed only when the checkpoint does not say)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
+    p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.add_argument("images", nargs="+", help="image files")
+
+    p = add("prepare", cmd_prepare, "write a dataset as an image folder tree")
+    p.add_argument("dataset", choices=["fashion-mnist"], help="which dataset")
+    p.add_argument("output", help="output folder (train/ and val/ are created in it)")
+    p.add_argument("--train", type=int, help="number of training images (default: all)")
+    p.add_argument("--val", type=int, help="number of validation images (default: all)")
+    p.add_argument("--source", help="folder with the original files (default: Debian's package location)")
 
     p = add("download", cmd_download, "download official release checkpoints into $FASTERNET_HOME")
     p.add_argument("model", help="variant name, or 'all'")
