@@ -16,9 +16,12 @@ import re
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.color import rgb_to_grayscale
-from kornia.enhance import equalize, sharpness
-from kornia.geometry.transform import rotate, shear, translate
+try:
+    from kornia.color import rgb_to_grayscale
+    from kornia.enhance import equalize, sharpness
+    from kornia.geometry.transform import rotate, shear, translate
+except ImportError as error:  # pragma: no cover - depends on the installation
+    raise ImportError("training augmentation needs kornia: pip install 'fasternet[train]'") from error
 
 __all__ = ["BatchAugment", "Mixup", "RandAugmentSpec", "SampleParams"]
 

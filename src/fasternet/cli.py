@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         args.func(args)
-    except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
+    except (ValueError, OSError, RuntimeError, ImportError) as e:  # CheckpointError is a ValueError
         if args.verbose:
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

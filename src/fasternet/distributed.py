@@ -12,7 +12,6 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 __all__ = ["DistributedBatchNorm2d", "DistInfo", "all_reduce_sum", "convert_sync_batchnorm", "init_distributed"]
@@ -61,6 +60,22 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return tensor.tolist()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of a sum is the summed gradient, on every process."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class DistributedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training statistics cover the global batch, on any backend (gloo too).
 
@@ -73,10 +88,10 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         channels = x.shape[1]
-        x32 = x.float()
-        count = torch.full((1,), x.numel() / channels, device=x.device, dtype=torch.float32)
+        x32 = x if x.dtype == torch.float64 else x.float()
+        count = torch.full((1,), x.numel() / channels, device=x.device, dtype=x32.dtype)
         stats = torch.cat([x32.sum(dim=(0, 2, 3)), (x32 * x32).sum(dim=(0, 2, 3)), count])
-        stats = dist_fn.all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         total = stats[-1]
         mean = stats[:channels] / total
         var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)

@@ -1,0 +1,237 @@
+"""Training, resuming, crash safety, evaluation and prediction, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED
+from imagetools import make_dataset, make_folder, write_awkward_images
+from safetensors.torch import load_file
+
+import fasternet
+from fasternet.train import RECIPES, TrainConfig, lr_at_epoch
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+QUICK = ["--model", "fasternet_t0", "--image-size", "32", "--batch-size", "8", "--warmup-epochs", "1",
+         "--lr", "0.002", "--no-progress", "--amp", "off"]
+
+
+def fasternet_cli(*args: str, check: bool = True, env=None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "fasternet", *args], capture_output=True, text=True,
+                            timeout=600, env=env or ENV)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fasternet", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), classes=3, train=8, val=4)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_recipes_match_the_paper(paper):
+    table = paper["training_recipe"]
+    columns = table["columns"]
+    common = table["common"]
+    for name, recipe in RECIPES.items():
+        row = dict(zip(columns, table[name], strict=True))
+        assert recipe.global_batch == row["global_batch"]
+        assert recipe.lr == row["lr"] == 0.001 * row["global_batch"] / 1024
+        assert recipe.weight_decay == row["weight_decay"]
+        assert recipe.clip_grad == row["clip_grad_norm"]
+        assert recipe.drop_path_rate == row["drop_path_rate"] == fasternet.get_variant(name).model_args[
+            "drop_path_rate"]
+        assert recipe.randaugment == row["randaugment"]
+        assert recipe.mixup == row["mixup_alpha"]
+        assert fasternet.get_variant(name).model_args["act_layer"] == row["activation"].lower()
+        assert (recipe.epochs, recipe.warmup_epochs) == (common["epochs"], common["warmup_epochs"])
+        assert (recipe.warmup_lr, recipe.min_lr) == (common["warmup_lr"], common["min_lr"])
+        assert recipe.label_smoothing == common["label_smoothing"]
+        assert (recipe.cutmix, recipe.mixup_switch_prob) == (common["cutmix_alpha"], common["mixup_switch_prob"])
+        assert (recipe.early_image_size, recipe.image_size, recipe.late_epochs) == (192, 224, 20)
+        assert recipe.crop_pct == pytest.approx(224 / 248, abs=0.01)
+
+
+def test_resolved_settings_and_lr_schedule():
+    s = TrainConfig(model="fasternet_m", data="d", output="o").resolve()
+    assert s["batch_size"] == 2048 and s["lr"] == 0.002 and s["clip_grad"] == 1.0
+    assert s["randaugment"] == "rand-m7-mstd0.5-inc1" and s["early_image_size"] == 192
+    assert lr_at_epoch(0, s) == pytest.approx(1e-6)
+    assert lr_at_epoch(10, s) == pytest.approx(1e-6 + (0.002 - 1e-6) / 2)
+    assert lr_at_epoch(20, s) == pytest.approx(0.002)
+    assert lr_at_epoch(160, s) == pytest.approx(1e-5 + 0.5 * (0.002 - 1e-5))
+    assert lr_at_epoch(300, s) == pytest.approx(1e-5)
+    small = TrainConfig(model="fasternet_t0", data="d", output="o", batch_size=256, randaugment="none").resolve()
+    assert small["lr"] == pytest.approx(0.00025) and small["randaugment"] is None and small["clip_grad"] is None
+
+
+def test_training_lowers_the_loss_and_writes_three_files(dataset, tmp_path):
+    out = tmp_path / "run"
+    fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "4", "--workers", "1",
+                  "--mixup", "0", "--cutmix", "0", "--amp", "bf16")
+    log = read_log(out / "log.jsonl")
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3]
+    for record in log:
+        assert {"epoch", "train_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds"} <= record.keys()
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 4 and {"optimizer", "scheduler", "scaler", "rng", "settings"} <= state.keys()
+    model = fasternet.create_model_from_checkpoint(out / "best.safetensors")
+    assert model.class_names == ["class_0", "class_1", "class_2"] and model.num_classes == 3
+    best = max(r["val_top1"] for r in log)
+    assert fasternet.read_checkpoint(out / "best.safetensors").metadata["val_top1"] == f"{best:.4f}"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
+    args = [*QUICK, "--data", str(dataset), "--epochs", "4", "--workers", "0"]
+    fasternet_cli("train", *args, "--output", str(tmp_path / "straight"))
+
+    interrupted = tmp_path / "interrupted"
+    process = start("train", *args, "--output", str(interrupted))
+    log = interrupted / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and log.read_text().count("\n") >= 1) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = torch.load(interrupted / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= done < 4, "the kill must land before the end of training"
+    fasternet_cli("train", *args, "--output", str(interrupted), "--resume")
+
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(interrupted / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    best_a, best_b = load_file(tmp_path / "straight" / "best.safetensors"), load_file(interrupted / "best.safetensors")
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    assert [r["epoch"] for r in read_log(interrupted / "log.jsonl")] == [0, 1, 2, 3]
+
+
+def test_resume_refuses_other_settings(dataset, tmp_path):
+    out = tmp_path / "run"
+    fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "1", "--workers", "0")
+    result = fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "1",
+                           "--workers", "0", "--resume", "--lr", "0.1", check=False)
+    assert result.returncode == 1 and "lr" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_kill_during_a_checkpoint_write_leaves_a_loadable_last_pt(dataset, tmp_path):
+    out = tmp_path / "run"
+    process = start("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "200",
+                    "--workers", "0")
+    caught = False
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "last.pt").exists() and any(p.name.startswith(".last.pt.") for p in out.iterdir()):
+                process.send_signal(signal.SIGKILL)
+                caught = True
+                break
+    finally:
+        process.kill()
+        process.wait()
+    assert caught, "never saw a checkpoint being written"
+    leftovers = [p for p in out.iterdir() if p.name.startswith(".last.pt.")]
+    assert leftovers, "the kill should have interrupted a write"
+    state = torch.load(out / "last.pt", weights_only=True)  # the previous complete checkpoint
+    assert state["epoch"] >= 1
+    fasternet.create_model_from_checkpoint(out / "best.safetensors")
+
+
+def test_bad_images_are_skipped_and_reported(tmp_path):
+    data = make_dataset(tmp_path / "data", classes=2, train=8, val=2)
+    write_awkward_images(data / "train" / "class_0")
+    write_awkward_images(data / "val" / "class_1")
+    out = tmp_path / "run"
+    result = fasternet_cli("train", *QUICK, "--data", str(data), "--output", str(out), "--epochs", "1",
+                           "--workers", "1")
+    assert "unreadable" in result.stderr
+    record = read_log(out / "log.jsonl")[0]
+    assert record["skipped_images"] >= 2 + 2  # two broken files in train and in val
+    evaluation = fasternet_cli("eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(data / "val"),
+                               "--json")
+    result = json.loads(evaluation.stdout.strip().splitlines()[-1])
+    assert result["images"] == 2 * 2 + 6 and result["skipped"] == 2
+
+
+def _constant_model(tmp_path: Path, predicted: int, class_names: list[str]) -> Path:
+    """A checkpoint that always answers ``predicted``: its classifier is a bias."""
+    model = fasternet.create_model("fasternet_t0", num_classes=len(class_names))
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.arange(len(class_names), 0, -1, dtype=torch.float32).roll(predicted))
+    return fasternet.save_checkpoint(model, tmp_path / "constant.safetensors", class_names=class_names,
+                                     metadata={"image_size": "32", "crop_pct": "1.0"})
+
+
+def test_eval_numbers_on_a_checkpoint_whose_answers_are_known(tmp_path):
+    data = make_folder(tmp_path / "val", classes=3, per_class=4)
+    names = ["class_2", "class_0", "class_1"]  # the model's order differs from the folders'
+    path = _constant_model(tmp_path, predicted=1, class_names=names)  # always "class_0"
+    result = fasternet_cli("eval", "--checkpoint", str(path), "--data", str(data), "--json")
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert numbers == {"top1": pytest.approx(100 / 3), "top5": 100.0, "images": 12, "skipped": 0}
+    assert "top-1 33.333%" in result.stdout
+
+
+def test_eval_matches_an_independent_computation(dataset, tmp_path):
+    out = tmp_path / "run"
+    fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "2", "--workers", "0")
+    numbers = json.loads(fasternet_cli("eval", "--checkpoint", str(out / "best.safetensors"), "--data",
+                                       str(dataset), "--json").stdout.strip().splitlines()[-1])
+    model = fasternet.create_model_from_checkpoint(out / "best.safetensors").eval()
+    transform = fasternet.data.EvalTransform(32, 0.9)
+    correct = total = 0
+    for c, name in enumerate(model.class_names):
+        for file in sorted((dataset / "val" / name).iterdir()):
+            with torch.no_grad():
+                logits = model(transform(fasternet.data.load_image(file)).unsqueeze(0))
+            correct += int(logits.argmax() == c)
+            total += 1
+    assert numbers["images"] == total
+    assert numbers["top1"] == pytest.approx(100 * correct / total)
+
+
+def test_predict_on_a_real_image(tmp_path):
+    path = _constant_model(tmp_path, predicted=2, class_names=["cat", "dog", "tree"])
+    image = SHARED / "data" / "trees" / "OSBS_029.png"
+    result = fasternet_cli("predict", "--checkpoint", str(path), str(image), "--top-k", "3")
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == str(image)
+    assert lines[1].split()[-1] == "tree" and len(lines) == 4
+    as_json = json.loads(fasternet_cli("predict", "--checkpoint", str(path), str(image), "--json").stdout)
+    assert as_json["top"][0]["class"] == "tree"
+    assert sum(t["probability"] for t in as_json["top"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_on_an_unreadable_image_is_one_line(tmp_path):
+    path = _constant_model(tmp_path, predicted=0, class_names=["a", "b"])
+    (tmp_path / "broken.jpg").write_text("nope")
+    result = fasternet_cli("predict", "--checkpoint", str(path), str(tmp_path / "broken.jpg"), check=False)
+    assert result.returncode == 1 and result.stderr.startswith("fasternet: error: cannot read image")
+
+
+def test_train_errors_are_clear(tmp_path):
+    result = fasternet_cli("train", *QUICK, "--data", str(tmp_path), "--output", str(tmp_path / "o"), check=False)
+    assert result.returncode == 1 and "train/ and val/" in result.stderr and "Traceback" not in result.stderr
