@@ -86,8 +86,9 @@ def eager_loop(data: Path, size: int, batch: int, steps: int, workers: int) -> d
     folder = ImageFolder(data / "train")
     model = fasternet.create_model("fasternet_t0", num_classes=len(folder.classes)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.005)
-    loader = torch.utils.data.DataLoader(_EagerSet(folder, size), batch_size=batch, shuffle=True,
-                                         num_workers=workers, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        _EagerSet(folder, size), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True
+    )
     # Timed like `fasternet train` times an epoch: from the first fetch, worker start-up included.
     wait, seen = 0.0, 0
     started = fetch = time.perf_counter()
@@ -107,10 +108,35 @@ def eager_loop(data: Path, size: int, batch: int, steps: int, workers: int) -> d
 
 def fasternet_loop(data: Path, size: int, batch: int, steps: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "fasternet", "train", "--model", "fasternet_t0", "--data", str(data),
-                   "--output", out, "--epochs", "1", "--batch-size", str(batch), "--image-size", str(size),
-                   "--warmup-epochs", "0", "--lr", "0.001", "--mixup", "0", "--cutmix", "0", "--workers",
-                   str(workers), "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "fasternet",
+            "train",
+            "--model",
+            "fasternet_t0",
+            "--data",
+            str(data),
+            "--output",
+            out,
+            "--epochs",
+            "1",
+            "--batch-size",
+            str(batch),
+            "--image-size",
+            str(size),
+            "--warmup-epochs",
+            "0",
+            "--lr",
+            "0.001",
+            "--mixup",
+            "0",
+            "--cutmix",
+            "0",
+            "--workers",
+            str(workers),
+            "--no-progress",
+        ]
         subprocess.run(command, check=True, capture_output=True)
         record = json.loads((Path(out) / "log.jsonl").read_text().splitlines()[0])
     return {"images_per_s": record["images_per_s"], "data_wait_share": record["data_wait_share"]}
@@ -132,15 +158,19 @@ def main() -> None:
     for _ in range(args.repeats):
         results["fasternet"].append(fasternet_loop(data, args.image_size, args.batch_size, args.steps, args.workers))
         results["eager"].append(eager_loop(data, args.image_size, args.batch_size, args.steps, args.workers))
-    print(f"# {cpu_description()}; torch {torch.__version__}; T0 {args.image_size}px, batch {args.batch_size}, "
-          f"{args.steps} steps x {args.repeats} interleaved runs, {args.workers} data workers")
+    print(
+        f"# {cpu_description()}; torch {torch.__version__}; T0 {args.image_size}px, batch {args.batch_size}, "
+        f"{args.steps} steps x {args.repeats} interleaved runs, {args.workers} data workers"
+    )
     summary = {}
     for name, runs in results.items():
         speed = statistics.median(r["images_per_s"] for r in runs)
         wait = statistics.median(r["data_wait_share"] for r in runs)
         summary[name] = speed
-        print(f"{name:<10} {speed:8.1f} img/s (runs: {', '.join(f'{r['images_per_s']:.1f}' for r in runs)})  "
-              f"data wait {wait:.1%} of step time")
+        print(
+            f"{name:<10} {speed:8.1f} img/s (runs: {', '.join(f'{r['images_per_s']:.1f}' for r in runs)})  "
+            f"data wait {wait:.1%} of step time"
+        )
     print(f"ratio fasternet / eager: {summary['fasternet'] / summary['eager']:.2f}x")
 
 

@@ -49,5 +49,13 @@ def write_awkward_images(folder: Path) -> dict[str, bool]:
     base.save(buffer, format="JPEG", quality=95)
     (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (folder / "not_an_image.jpg").write_text("this is a text file with an image name\n")
-    return {"cmyk.jpg": True, "gray.png": True, "palette.png": True, "rgba.png": True, "sixteen_bit.png": True,
-            "tiny.png": True, "truncated.jpg": False, "not_an_image.jpg": False}
+    return {
+        "cmyk.jpg": True,
+        "gray.png": True,
+        "palette.png": True,
+        "rgba.png": True,
+        "sixteen_bit.png": True,
+        "tiny.png": True,
+        "truncated.jpg": False,
+        "not_an_image.jpg": False,
+    }

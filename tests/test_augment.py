@@ -107,7 +107,8 @@ def test_batch_augment_with_randaugment_runs_every_op():
     images = torch.randint(0, 256, (len(OPS), 3, 16, 16), dtype=torch.uint8)
     x, _ = augment(images, torch.zeros(len(OPS), dtype=torch.long), params)
     plain, _ = BatchAugment(mean=MEAN, std=STD, randaugment=None, mixup=Mixup(num_classes=2))(
-        images, torch.zeros(len(OPS), dtype=torch.long), params[:, :1])
+        images, torch.zeros(len(OPS), dtype=torch.long), params[:, :1]
+    )
     changed = (x - plain).flatten(1).abs().amax(1) > 1e-3
     assert changed.all(), [OPS[i] for i in range(len(OPS)) if not changed[i]]
     assert torch.isfinite(x).all()

@@ -9,7 +9,6 @@ import struct
 import numpy as np
 import pytest
 import torch
-from imagetools import make_folder, write_awkward_images
 from PIL import Image
 
 from fasternet.data import (
@@ -21,6 +20,7 @@ from fasternet.data import (
     load_image,
     prepare_fashion_mnist,
 )
+from imagetools import make_folder, write_awkward_images
 
 
 def test_every_readable_mode_becomes_rgb_and_broken_files_raise(tmp_path):
@@ -98,8 +98,10 @@ def test_train_crop_is_reproducible_per_sample_and_covers_the_scale_range():
 def test_sharded_batches_equal_the_single_process_global_batches(world_size):
     global_batch, n = 8, 37
     single = list(EpochSampler(n, seed=3, global_batch=global_batch))
-    shards = [list(EpochSampler(n, rank=r, world_size=world_size, seed=3, global_batch=global_batch))
-              for r in range(world_size)]
+    shards = [
+        list(EpochSampler(n, rank=r, world_size=world_size, seed=3, global_batch=global_batch))
+        for r in range(world_size)
+    ]
     local = global_batch // world_size
     assert len(single) == 32 and all(len(s) == 32 // world_size for s in shards)
     for step in range(len(single) // global_batch):

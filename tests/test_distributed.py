@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import torch
+
 from imagetools import make_dataset
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -23,7 +24,8 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 def test_distributed_batchnorm_equals_one_batchnorm_over_the_global_batch(tmp_path):
     script = tmp_path / "bn.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import json, sys, torch, torch.distributed as dist
         from fasternet.distributed import DistributedBatchNorm2d
         dist.init_process_group("gloo")
@@ -52,18 +54,50 @@ def test_distributed_batchnorm_equals_one_batchnorm_over_the_global_batch(tmp_pa
         if rank == 0:
             print(json.dumps(errors))
         dist.destroy_process_group()
-    """))
+    """)
+    )
     errors = json.loads(torchrun(str(script)).stdout.strip().splitlines()[-1])
     assert max(errors.values()) < 1e-12, errors
 
 
 def test_ddp_training_agrees_with_a_single_process_on_the_same_global_batch(tmp_path):
     data = make_dataset(tmp_path / "data", classes=2, train=8, val=2)  # 16 images: two global batches of 8
-    args = ["train", "--model", "fasternet_t0", "--data", str(data), "--epochs", "1", "--batch-size", "8",
-            "--image-size", "32", "--warmup-epochs", "0", "--lr", "0.002", "--mixup", "0", "--cutmix", "0",
-            "--drop-path-rate", "0", "--sync-bn", "--amp", "off", "--workers", "0", "--no-progress"]
-    single = subprocess.run([sys.executable, "-m", "fasternet", *args, "--output", str(tmp_path / "single")],
-                            capture_output=True, text=True, timeout=600, env=ENV)
+    args = [
+        "train",
+        "--model",
+        "fasternet_t0",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--warmup-epochs",
+        "0",
+        "--lr",
+        "0.002",
+        "--mixup",
+        "0",
+        "--cutmix",
+        "0",
+        "--drop-path-rate",
+        "0",
+        "--sync-bn",
+        "--amp",
+        "off",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    single = subprocess.run(
+        [sys.executable, "-m", "fasternet", *args, "--output", str(tmp_path / "single")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun("-m", "fasternet", *args, "--output", str(tmp_path / "ddp"))
 

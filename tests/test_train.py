@@ -12,29 +12,44 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED
-from imagetools import make_dataset, make_folder, write_awkward_images
 from safetensors.torch import load_file
 
 import fasternet
+from conftest import SHARED
 from fasternet.train import RECIPES, TrainConfig, lr_at_epoch
+from imagetools import make_dataset, make_folder, write_awkward_images
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
-QUICK = ["--model", "fasternet_t0", "--image-size", "32", "--batch-size", "8", "--warmup-epochs", "1",
-         "--lr", "0.002", "--no-progress", "--amp", "off"]
+QUICK = [
+    "--model",
+    "fasternet_t0",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--warmup-epochs",
+    "1",
+    "--lr",
+    "0.002",
+    "--no-progress",
+    "--amp",
+    "off",
+]
 
 
 def fasternet_cli(*args: str, check: bool = True, env=None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "fasternet", *args], capture_output=True, text=True,
-                            timeout=600, env=env or ENV)
+    result = subprocess.run(
+        [sys.executable, "-m", "fasternet", *args], capture_output=True, text=True, timeout=600, env=env or ENV
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fasternet", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fasternet", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +75,9 @@ def test_recipes_match_the_paper(paper):
         assert recipe.lr == row["lr"] == 0.001 * row["global_batch"] / 1024
         assert recipe.weight_decay == row["weight_decay"]
         assert recipe.clip_grad == row["clip_grad_norm"]
-        assert recipe.drop_path_rate == row["drop_path_rate"] == fasternet.get_variant(name).model_args[
-            "drop_path_rate"]
+        assert (
+            recipe.drop_path_rate == row["drop_path_rate"] == fasternet.get_variant(name).model_args["drop_path_rate"]
+        )
         assert recipe.randaugment == row["randaugment"]
         assert recipe.mixup == row["mixup_alpha"]
         assert fasternet.get_variant(name).model_args["act_layer"] == row["activation"].lower()
@@ -88,8 +104,24 @@ def test_resolved_settings_and_lr_schedule():
 
 def test_training_lowers_the_loss_and_writes_three_files(dataset, tmp_path):
     out = tmp_path / "run"
-    fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "4", "--workers", "1",
-                  "--mixup", "0", "--cutmix", "0", "--amp", "bf16")
+    fasternet_cli(
+        "train",
+        *QUICK,
+        "--data",
+        str(dataset),
+        "--output",
+        str(out),
+        "--epochs",
+        "4",
+        "--workers",
+        "1",
+        "--mixup",
+        "0",
+        "--cutmix",
+        "0",
+        "--amp",
+        "bf16",
+    )
     log = read_log(out / "log.jsonl")
     assert [r["epoch"] for r in log] == [0, 1, 2, 3]
     for record in log:
@@ -131,15 +163,28 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
 def test_resume_refuses_other_settings(dataset, tmp_path):
     out = tmp_path / "run"
     fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "1", "--workers", "0")
-    result = fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "1",
-                           "--workers", "0", "--resume", "--lr", "0.1", check=False)
+    result = fasternet_cli(
+        "train",
+        *QUICK,
+        "--data",
+        str(dataset),
+        "--output",
+        str(out),
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--resume",
+        "--lr",
+        "0.1",
+        check=False,
+    )
     assert result.returncode == 1 and "lr" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_kill_during_a_checkpoint_write_leaves_a_loadable_last_pt(dataset, tmp_path):
     out = tmp_path / "run"
-    process = start("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "200",
-                    "--workers", "0")
+    process = start("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "200", "--workers", "0")
     caught = False
     deadline = time.monotonic() + 300
     try:
@@ -164,13 +209,15 @@ def test_bad_images_are_skipped_and_reported(tmp_path):
     write_awkward_images(data / "train" / "class_0")
     write_awkward_images(data / "val" / "class_1")
     out = tmp_path / "run"
-    result = fasternet_cli("train", *QUICK, "--data", str(data), "--output", str(out), "--epochs", "1",
-                           "--workers", "1")
+    result = fasternet_cli(
+        "train", *QUICK, "--data", str(data), "--output", str(out), "--epochs", "1", "--workers", "1"
+    )
     assert "unreadable" in result.stderr
     record = read_log(out / "log.jsonl")[0]
     assert record["skipped_images"] >= 2 + 2  # two broken files in train and in val
-    evaluation = fasternet_cli("eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(data / "val"),
-                               "--json")
+    evaluation = fasternet_cli(
+        "eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(data / "val"), "--json"
+    )
     result = json.loads(evaluation.stdout.strip().splitlines()[-1])
     assert result["images"] == 2 * 2 + 6 and result["skipped"] == 2
 
@@ -181,8 +228,12 @@ def _constant_model(tmp_path: Path, predicted: int, class_names: list[str]) -> P
     with torch.no_grad():
         model.classifier.weight.zero_()
         model.classifier.bias.copy_(torch.arange(len(class_names), 0, -1, dtype=torch.float32).roll(predicted))
-    return fasternet.save_checkpoint(model, tmp_path / "constant.safetensors", class_names=class_names,
-                                     metadata={"image_size": "32", "crop_pct": "1.0"})
+    return fasternet.save_checkpoint(
+        model,
+        tmp_path / "constant.safetensors",
+        class_names=class_names,
+        metadata={"image_size": "32", "crop_pct": "1.0"},
+    )
 
 
 def test_eval_numbers_on_a_checkpoint_whose_answers_are_known(tmp_path):
@@ -198,8 +249,11 @@ def test_eval_numbers_on_a_checkpoint_whose_answers_are_known(tmp_path):
 def test_eval_matches_an_independent_computation(dataset, tmp_path):
     out = tmp_path / "run"
     fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(out), "--epochs", "2", "--workers", "0")
-    numbers = json.loads(fasternet_cli("eval", "--checkpoint", str(out / "best.safetensors"), "--data",
-                                       str(dataset), "--json").stdout.strip().splitlines()[-1])
+    numbers = json.loads(
+        fasternet_cli("eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(dataset), "--json")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     model = fasternet.create_model_from_checkpoint(out / "best.safetensors").eval()
     transform = fasternet.data.EvalTransform(32, 0.9)
     correct = total = 0

@@ -16,6 +16,7 @@ import re
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 try:
     from kornia.color import rgb_to_grayscale
     from kornia.enhance import equalize, sharpness
@@ -27,8 +28,21 @@ __all__ = ["BatchAugment", "Mixup", "RandAugmentSpec", "SampleParams"]
 
 # timm's increasing-severity RandAugment set ("inc1"), in its order.
 OPS = (
-    "auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
-    "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y",
+    "auto_contrast",
+    "equalize",
+    "invert",
+    "rotate",
+    "posterize",
+    "solarize",
+    "solarize_add",
+    "color",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
 )
 MAGNITUDE_MAX = 10.0
 

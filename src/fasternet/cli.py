@@ -134,9 +134,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     label_map = class_index_map(folder.classes, model.class_names, model.num_classes)
     loader = make_eval_loader(folder, batch_size=args.batch_size, workers=args.workers)
     result = evaluate(model, loader, device=torch.device("cpu"), label_map=label_map, progress=not args.json)
-    print(f"top-1 {result.top1:.3f}%  top-5 {result.top5:.3f}%  on {result.images} images"
-          + (f" ({result.skipped} unreadable skipped)" if result.skipped else "")
-          + f"  [{image_size}px, crop_pct {crop_pct}]")
+    print(
+        f"top-1 {result.top1:.3f}%  top-5 {result.top5:.3f}%  on {result.images} images"
+        + (f" ({result.skipped} unreadable skipped)" if result.skipped else "")
+        + f"  [{image_size}px, crop_pct {crop_pct}]"
+    )
     if args.json:
         print(json.dumps(result.to_dict()))
 
@@ -146,8 +148,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from fasternet.evaluate import load_for_inference, predict
 
     model, settings = load_for_inference(args.checkpoint, args.model)
-    transform = EvalTransform(settings["image_size"], settings["crop_pct"], settings["mean"] or IMAGENET_MEAN,
-                              settings["std"] or IMAGENET_STD)
+    transform = EvalTransform(
+        settings["image_size"], settings["crop_pct"], settings["mean"] or IMAGENET_MEAN, settings["std"] or IMAGENET_STD
+    )
     results = predict(model, args.images, transform=transform, class_names=model.class_names, top_k=args.top_k)
     for path, top in zip(args.images, results, strict=True):
         if args.json:
@@ -162,8 +165,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from fasternet.data import FASHION_MNIST_SOURCE, prepare_fashion_mnist
 
     if args.dataset == "fashion-mnist":
-        out = prepare_fashion_mnist(args.output, source=args.source or FASHION_MNIST_SOURCE, train=args.train,
-                                    val=args.val)
+        out = prepare_fashion_mnist(
+            args.output, source=args.source or FASHION_MNIST_SOURCE, train=args.train, val=args.val
+        )
         print(f"wrote {out}/train and {out}/val")
 
 
@@ -209,8 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--epochs", type=int, help="epochs (recipe: 300)")
     recipe.add_argument("--batch-size", type=int, help="global batch size over all processes (recipe: 4096/2048)")
     recipe.add_argument("--image-size", type=int, help="final training and evaluation size (recipe: 224)")
-    recipe.add_argument("--early-image-size", type=int,
-                        help="progressive resolution: size before the last 20 epochs (recipe: 192 at 224)")
+    recipe.add_argument(
+        "--early-image-size",
+        type=int,
+        help="progressive resolution: size before the last 20 epochs (recipe: 192 at 224)",
+    )
     recipe.add_argument("--lr", type=float, help="peak learning rate (default: 0.001 * batch / 1024)")
     recipe.add_argument("--weight-decay", type=float, help="AdamW weight decay")
     recipe.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs (recipe: 20)")
@@ -223,8 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--crop-scale", type=float, help="smallest random-resized-crop area (recipe: 0.08)")
     recipe.add_argument("--crop-pct", type=float, help="validation center-crop fraction (recipe: 0.9)")
     run = p.add_argument_group("run")
-    run.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                     help="autocast: auto = fp16 on GPUs, bf16 on CPUs that have it, else off")
+    run.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "off"],
+        help="autocast: auto = fp16 on GPUs, bf16 on CPUs that have it, else off",
+    )
     run.add_argument("--workers", type=int, help="data loading processes per training process (default: cores, max 8)")
     run.add_argument("--pretrained", help="initialize from a checkpoint (any layout; classifier kept if it fits)")
     run.add_argument("--num-classes", type=int, help="check the number of classes (default: from the folders)")

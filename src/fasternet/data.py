@@ -141,8 +141,15 @@ class ImageFolder(torch.utils.data.Dataset):
     ``None`` with a warning; :func:`collate_skipping_failures` drops it and counts it.
     """
 
-    def __init__(self, root: str | os.PathLike, *, transform: Any = None, train_crop: TrainCrop | None = None,
-                 augment_params: Any = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        transform: Any = None,
+        train_crop: TrainCrop | None = None,
+        augment_params: Any = None,
+        seed: int = 0,
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
@@ -202,8 +209,16 @@ class EpochSampler(torch.utils.data.Sampler):
     dropped; without it (evaluation) every sample is visited exactly once over all ranks.
     """
 
-    def __init__(self, num_samples: int, *, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 seed: int = 0, global_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        global_batch: int | None = None,
+    ) -> None:
         self.num_samples = num_samples
         self.rank = rank
         self.world_size = world_size
@@ -238,8 +253,18 @@ class EpochSampler(torch.utils.data.Sampler):
 # --------------------------------------------------------------------------------------------
 # Fashion-MNIST as an image folder
 
-FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
-                         "bag", "ankle_boot")
+FASHION_MNIST_CLASSES = (
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
 FASHION_MNIST_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -256,8 +281,14 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=8)
 
 
-def prepare_fashion_mnist(output: str | os.PathLike, *, source: str | os.PathLike = FASHION_MNIST_SOURCE,
-                          train: int | None = None, val: int | None = None, progress: bool = True) -> Path:
+def prepare_fashion_mnist(
+    output: str | os.PathLike,
+    *,
+    source: str | os.PathLike = FASHION_MNIST_SOURCE,
+    train: int | None = None,
+    val: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Write Fashion-MNIST (Debian's ``dataset-fashion-mnist``) as ``output/{train,val}/<class>/*.png``."""
     from tqdm.auto import tqdm
 

@@ -112,8 +112,9 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
-            replacement = DistributedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                                 child.track_running_stats)
+            replacement = DistributedBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             replacement.load_state_dict(child.state_dict())
             replacement.to(device)
             setattr(module, name, replacement)

@@ -85,8 +85,9 @@ def evaluate(
         correct5 += int(hits.any(dim=1).sum())
         seen += labels.numel()
     if dist_info is not None:
-        correct1, correct5, seen, skipped = (int(v) for v in all_reduce_sum([correct1, correct5, seen, skipped],
-                                                                          dist_info))
+        correct1, correct5, seen, skipped = (
+            int(v) for v in all_reduce_sum([correct1, correct5, seen, skipped], dist_info)
+        )
     if seen == 0:
         raise ValueError("no image could be evaluated (all unreadable?)")
     if skipped:
@@ -95,9 +96,15 @@ def evaluate(
 
 
 def make_eval_loader(folder: ImageFolder, *, batch_size: int, workers: int, sampler=None):
-    return torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=False, sampler=sampler,
-                                       num_workers=workers, collate_fn=collate_skipping_failures,
-                                       persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        folder,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        persistent_workers=False,
+    )
 
 
 @torch.no_grad()

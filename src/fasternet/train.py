@@ -148,8 +148,9 @@ class TrainConfig:
             drop_path_rate=pick(self.drop_path_rate, recipe.drop_path_rate),
             clip_grad=pick(self.clip_grad, recipe.clip_grad) or None,
             image_size=image_size,
-            early_image_size=pick(self.early_image_size,
-                                  recipe.early_image_size if image_size == recipe.image_size else image_size),
+            early_image_size=pick(
+                self.early_image_size, recipe.early_image_size if image_size == recipe.image_size else image_size
+            ),
             late_epochs=recipe.late_epochs,
             crop_scale=pick(self.crop_scale, recipe.crop_scale),
             crop_pct=pick(self.crop_pct, recipe.crop_pct),
@@ -288,8 +289,9 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
     train_dir, val_dir = _check_folders(Path(config.data))
     randaugment = RandAugmentSpec.parse(s["randaugment"]) if s["randaugment"] else None
     sample_params = SampleParams(randaugment)
-    train_set = ImageFolder(train_dir, train_crop=TrainCrop(scale=(s["crop_scale"], 1.0)),
-                            augment_params=sample_params, seed=s["seed"])
+    train_set = ImageFolder(
+        train_dir, train_crop=TrainCrop(scale=(s["crop_scale"], 1.0)), augment_params=sample_params, seed=s["seed"]
+    )
     val_set = ImageFolder(val_dir, transform=EvalTransform(s["image_size"], s["crop_pct"], s["mean"], s["std"]))
     if val_set.classes != train_set.classes:
         raise ValueError("train/ and val/ must have the same class folders")
@@ -300,8 +302,9 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {s['batch_size']}")
 
     torch.manual_seed(s["seed"])
-    model = create_model(config.model, num_classes=num_classes, drop_path_rate=s["drop_path_rate"],
-                         pretrained=s["pretrained"] or False)
+    model = create_model(
+        config.model, num_classes=num_classes, drop_path_rate=s["drop_path_rate"], pretrained=s["pretrained"] or False
+    )
     model.class_names = train_set.classes
     if s["sync_bn"] and info.enabled:
         model = convert_sync_batchnorm(model, device)
@@ -335,17 +338,29 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
     ddp_model = model
     if info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    augment = BatchAugment(mean=s["mean"], std=s["std"], randaugment=randaugment,
-                           mixup=Mixup(s["mixup"], s["cutmix"], s["mixup_switch_prob"], s["label_smoothing"],
-                                       num_classes)).to(device)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    augment = BatchAugment(
+        mean=s["mean"],
+        std=s["std"],
+        randaugment=randaugment,
+        mixup=Mixup(s["mixup"], s["cutmix"], s["mixup_switch_prob"], s["label_smoothing"], num_classes),
+    ).to(device)
     workers = config.workers if config.workers is not None else min(8, os.cpu_count() or 1)
-    sampler = EpochSampler(len(train_set), rank=info.rank, world_size=info.world_size, seed=s["seed"],
-                           global_batch=s["batch_size"])
-    loader = torch.utils.data.DataLoader(train_set, batch_size=local_batch, sampler=sampler, num_workers=workers,
-                                         collate_fn=collate_skipping_failures, pin_memory=device.type == "cuda",
-                                         persistent_workers=False, drop_last=False)
+    sampler = EpochSampler(
+        len(train_set), rank=info.rank, world_size=info.world_size, seed=s["seed"], global_batch=s["batch_size"]
+    )
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=local_batch,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        drop_last=False,
+    )
     val_sampler = EpochSampler(len(val_set), rank=info.rank, world_size=info.world_size, shuffle=False)
     val_loader = make_eval_loader(val_set, batch_size=max(1, local_batch), workers=workers, sampler=val_sampler)
 
@@ -358,8 +373,12 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
         lr = optimizer.param_groups[0]["lr"]
         ddp_model.train()
         loss_sum, seen, skipped, wait = 0.0, 0, 0, 0.0
-        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{s['epochs']}", leave=False,
-                   disable=not (info.is_main and config.progress))
+        bar = tqdm(
+            total=len(loader),
+            desc=f"epoch {epoch + 1}/{s['epochs']}",
+            leave=False,
+            disable=not (info.is_main and config.progress),
+        )
         fetch_start = time.perf_counter()
         for batch, failed in loader:
             wait += time.perf_counter() - fetch_start
@@ -393,8 +412,14 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
         scheduler.step()
         train_seconds = time.perf_counter() - started
         loss_sum, seen, skipped, wait = all_reduce_sum([loss_sum, seen, skipped, wait], info)
-        result = evaluate(model, val_loader, device=device, autocast_dtype=autocast_dtype, dist_info=info,
-                          progress=info.is_main and config.progress)
+        result = evaluate(
+            model,
+            val_loader,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            dist_info=info,
+            progress=info.is_main and config.progress,
+        )
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),
@@ -411,21 +436,43 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
         if info.is_main:
             if result.top1 > best_top1:
                 best_top1 = result.top1
-                meta = {"epoch": str(epoch), "val_top1": f"{result.top1:.4f}", "image_size": str(s["image_size"]),
-                        "crop_pct": str(s["crop_pct"]), "mean": json.dumps(s["mean"]), "std": json.dumps(s["std"])}
+                meta = {
+                    "epoch": str(epoch),
+                    "val_top1": f"{result.top1:.4f}",
+                    "image_size": str(s["image_size"]),
+                    "crop_pct": str(s["crop_pct"]),
+                    "mean": json.dumps(s["mean"]),
+                    "std": json.dumps(s["std"]),
+                }
                 save_checkpoint(model, best_path, class_names=train_set.classes, metadata=meta)
-            _atomic_torch_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                "best_top1": best_top1, "settings": s, "classes": train_set.classes, "rng": _rng_state(),
-            }, last_path)
+            _atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "best_top1": best_top1,
+                    "settings": s,
+                    "classes": train_set.classes,
+                    "rng": _rng_state(),
+                },
+                last_path,
+            )
             _atomic_write_text("".join(json.dumps(h) + "\n" for h in history), log_path)
             if skipped:
                 logger.warning("epoch %d: %d unreadable training images skipped", epoch + 1, int(skipped))
-            logger.info("epoch %d/%d  loss %.4f  val top-1 %.2f  top-5 %.2f  lr %.2e  %.0f img/s  %.0f s",
-                        epoch + 1, s["epochs"], record["train_loss"], result.top1, result.top5, lr,
-                        record["images_per_s"], record["seconds"])
+            logger.info(
+                "epoch %d/%d  loss %.4f  val top-1 %.2f  top-5 %.2f  lr %.2e  %.0f img/s  %.0f s",
+                epoch + 1,
+                s["epochs"],
+                record["train_loss"],
+                result.top1,
+                result.top5,
+                lr,
+                record["images_per_s"],
+                record["seconds"],
+            )
         else:
             best_top1 = max(best_top1, result.top1)
     return record
-

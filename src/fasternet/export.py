@@ -1,0 +1,172 @@
+"""Export a deployed FasterNet to ONNX, OpenVINO IR or a torch.export archive, verified.
+
+Every export is run by its own runtime (onnxruntime, OpenVINO, ``torch.export.load``) on a
+random batch before :func:`export` returns, and compared with PyTorch: a file that does not
+reproduce the model is never handed back silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from fasternet.deploy import DeployedFasterNet, deploy
+from fasternet.models import FasterNet
+
+__all__ = ["EXPORT_FORMATS", "ExportError", "export", "require"]
+
+EXPORT_FORMATS = ("onnx", "openvino", "pt2")
+_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript", "openvino": "openvino"}
+TOLERANCE = 1e-4  # relative to the largest output magnitude, fp32
+
+
+class ExportError(RuntimeError):
+    """An exported file that its runtime cannot load or that gives other outputs than PyTorch."""
+
+
+def require(module: str):
+    """Import an optional dependency, or say which package and extra to install."""
+    try:
+        return __import__(module)
+    except ImportError:
+        package = _EXTRAS.get(module, module)
+        raise ImportError(f"this needs {package}: pip install 'fasternet[deploy]' (or pip install {package})") from None
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    scale = expected.abs().max().clamp_min(1e-12)
+    return float((actual.float() - expected.float()).abs().max() / scale)
+
+
+def _outputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        out = model(x)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _check(name: str, actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], path: Path) -> None:
+    if len(actual) != len(expected):
+        raise ExportError(f"{path}: {name} gives {len(actual)} outputs, PyTorch {len(expected)}")
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        if tuple(a.shape) != tuple(e.shape):
+            raise ExportError(f"{path}: {name} output {i} has shape {tuple(a.shape)}, PyTorch {tuple(e.shape)}")
+        error = relative_error(a, e)
+        if not error < TOLERANCE:
+            raise ExportError(f"{path}: {name} output {i} differs from PyTorch (relative error {error:.2e})")
+
+
+def output_names(model: DeployedFasterNet) -> list[str]:
+    return [f"features_{i}" for i in range(len(model.stages))] if model.features_only else ["logits"]
+
+
+def _export_onnx(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+    require("onnx")
+    require("onnxscript")
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # it warns about torchvision ops a FasterNet never uses
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            _torch_onnx_export(model, x, path, dynamic)
+    finally:
+        onnx_logger.setLevel(level)
+
+
+def _torch_onnx_export(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic) -> None:
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        dynamo=True,
+        external_data=False,
+        input_names=["input"],
+        output_names=output_names(model),
+        dynamic_shapes=dynamic,
+        optimize=True,
+        verbose=False,
+    )
+
+
+def _check_onnx(path: Path, x: torch.Tensor, expected: list[torch.Tensor]) -> None:
+    ort = require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    actual = [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+    _check("onnxruntime", actual, expected, path)
+
+
+def _export_openvino(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+    ov = require("openvino")
+    shape = [-1 if dynamic_batch else x.shape[0], *x.shape[1:]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(model, example_input=x, input=[ov.PartialShape(shape)])
+    for output, name in zip(converted.outputs, output_names(model), strict=True):
+        output.get_tensor().set_names({name})
+    ov.save_model(converted, str(path), compress_to_fp16=False)
+
+
+def _check_openvino(path: Path, x: torch.Tensor, expected: list[torch.Tensor]) -> None:
+    ov = require("openvino")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(x.numpy())
+    actual = [torch.from_numpy(result[output].copy()) for output in compiled.outputs]
+    _check("OpenVINO", actual, expected, path)
+
+
+def _export_pt2(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+    torch.export.save(program, str(path))
+
+
+def _check_pt2(path: Path, x: torch.Tensor, expected: list[torch.Tensor]) -> None:
+    loaded = torch.export.load(str(path)).module()
+    _check("torch.export.load", _outputs(loaded, x), expected, path)
+
+
+_EXPORTERS = {
+    "onnx": (_export_onnx, _check_onnx),
+    "openvino": (_export_openvino, _check_openvino),
+    "pt2": (_export_pt2, _check_pt2),
+}
+
+
+def export(
+    model: FasterNet | DeployedFasterNet,
+    path: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    input_size: Sequence[int] = (1, 3, 224, 224),
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export the deployed ``model`` to ``path`` and check it against PyTorch with its runtime.
+
+    ``format`` is "onnx" (one self-contained file, about the size of the fp32 weights),
+    "openvino" (``.xml`` + ``.bin``, fp32) or "pt2" (``torch.export``). ``dynamic_batch`` lets
+    the file take any batch size; height and width are those of ``input_size``.
+    """
+    if format not in _EXPORTERS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    deployed = deploy(model).cpu() if isinstance(model, FasterNet) else model.cpu()
+    path = Path(path)
+    if format == "openvino" and path.suffix != ".xml":
+        path = path.with_suffix(".xml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    # A dynamic batch is traced at batch 2: torch.export specializes sizes 0 and 1.
+    trace_size = (max(2, input_size[0]) if dynamic_batch else input_size[0], *input_size[1:])
+    x = torch.randn(trace_size, generator=generator)
+    writer, checker = _EXPORTERS[format]
+    writer(deployed, x, path, dynamic_batch)
+    probe = torch.randn((2 if dynamic_batch else input_size[0], *input_size[1:]), generator=generator)
+    checker(path, probe, _outputs(deployed, probe))
+    return path

@@ -1,0 +1,368 @@
+"""Runners: the fastest way to run a FasterNet on each engine, behind one callable interface.
+
+``runner(model, backend=..., precision=...)`` returns a :class:`Runner`: a float32 NCHW torch
+tensor in, a torch tensor out (a list of four for a features_only model). Backends:
+
+* ``torch``: the deployed model (BN folded, copy-free PConv) in inference mode, channels-last,
+  weights in bf16 for ``precision="bf16"`` (oneDNN uses AVX512-BF16/AMX);
+* ``torch-compile``: the same through ``torch.compile`` (inductor, weights frozen);
+* ``onnxruntime``: the ONNX export in onnxruntime's CPU provider (fp32);
+* ``openvino``: OpenVINO's CPU plugin with ``INFERENCE_PRECISION_HINT`` pinned to f32 (OpenVINO
+  silently computes in bf16 on CPUs that have it unless told) or set to bf16 when asked;
+* ``auto``: times the installed ones once and keeps the fastest (cached per model architecture,
+  input shape, precision, threads and machine in ``$FASTERNET_HOME/autotune.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fasternet.deploy import DeployedFasterNet, deploy
+from fasternet.export import output_names, require
+from fasternet.models import FasterNet
+
+__all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "cpu_name", "runner"]
+
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")  # torch-compile compiles for minutes: opt-in only
+
+
+class UnsupportedPrecisionError(RuntimeError):
+    """The hardware or the backend cannot compute in the precision asked for."""
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: the CPU computes bf16 dot products natively."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        if device.type == "cuda":
+            if not torch.cuda.is_bf16_supported():
+                raise UnsupportedPrecisionError(f"{torch.cuda.get_device_name(device)} has no bf16 support")
+        elif not cpu_has_bf16():
+            raise UnsupportedPrecisionError(
+                f"this CPU ({cpu_name()}) has no native bf16 (it needs AVX512_BF16 or AMX); use precision='fp32'"
+            )
+
+
+class Runner:
+    """A compiled model: ``runner(x)`` with a float32 NCHW tensor returns torch output(s)."""
+
+    def __init__(
+        self,
+        backend: str,
+        precision: str,
+        input_size: tuple[int, ...],
+        threads: int | None,
+        device: torch.device,
+        call: Callable[[torch.Tensor], Any],
+        features_only: bool,
+    ) -> None:
+        self.backend = backend
+        self.precision = precision
+        self.input_size = input_size
+        self.threads = threads
+        self.device = device
+        self.features_only = features_only
+        self._call = call
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if x.ndim != 4:
+            raise ValueError(f"expected an NCHW batch, got shape {tuple(x.shape)}")
+        return self._call(x)
+
+    def __repr__(self) -> str:
+        return (
+            f"Runner(backend={self.backend!r}, precision={self.precision!r}, input_size={self.input_size}, "
+            f"threads={self.threads}, device={str(self.device)!r})"
+        )
+
+
+def _torch_call(
+    model: DeployedFasterNet, precision: str, device: torch.device, threads: int | None, compile_model: bool
+) -> Callable:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    model = copy.deepcopy(model).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model, dynamic=False, fullgraph=True)
+
+    def call(x: torch.Tensor):
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            x = x.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+            if compile_model and device.type == "cpu":
+                with torch._inductor.config.patch(freezing=True):
+                    out = model(x)
+            else:
+                out = model(x)
+        if isinstance(out, list):
+            return [o.float().contiguous() for o in out]
+        return out.float()
+
+    return call
+
+
+def _onnxruntime_call(
+    model: DeployedFasterNet, precision: str, input_size: Sequence[int], threads: int | None, onnx_path: Path | None
+) -> Callable:
+    ort = require("onnxruntime")
+    if precision != "fp32":
+        raise UnsupportedPrecisionError("onnxruntime's CPU provider has no bf16 kernels; use openvino or torch")
+    if onnx_path is None:
+        from fasternet.export import export
+
+        directory = Path(tempfile.mkdtemp(prefix="fasternet-onnx-"))
+        onnx_path = export(model, directory / "model.onnx", format="onnx", input_size=input_size)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def call(x: torch.Tensor):
+        outputs = session.run(None, {input_name: x.detach().float().cpu().contiguous().numpy()})
+        tensors = [torch.from_numpy(o) for o in outputs]
+        return tensors if len(tensors) > 1 else tensors[0]
+
+    return call
+
+
+def _openvino_call(
+    model: DeployedFasterNet | None,
+    precision: str,
+    input_size: Sequence[int],
+    threads: int | None,
+    ir_path: Path | None,
+) -> Callable:
+    ov = require("openvino")
+    core = ov.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+    }
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    if ir_path is not None:
+        source = core.read_model(str(ir_path))
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = ov.convert_model(model, example_input=torch.zeros(tuple(input_size)))
+        for output, name in zip(source.outputs, output_names(model), strict=True):
+            output.get_tensor().set_names({name})
+    compiled: dict[tuple[int, ...], Any] = {}
+
+    def request_for(shape: tuple[int, ...]):
+        if shape not in compiled:
+            reshaped = source.clone()
+            reshaped.reshape({reshaped.inputs[0]: ov.PartialShape(list(shape))})
+            compiled[shape] = core.compile_model(reshaped, "CPU", config).create_infer_request()
+        return compiled[shape]
+
+    request_for(tuple(input_size))
+
+    def call(x: torch.Tensor):
+        x = x.detach().float().cpu().contiguous()
+        request = request_for(tuple(x.shape))
+        request.infer({0: x.numpy()}, share_inputs=True)
+        tensors = [
+            torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(len(request.model_outputs))
+        ]
+        return tensors if len(tensors) > 1 else tensors[0]
+
+    return call
+
+
+def _time_call(call: Callable, x: torch.Tensor, repeats: int = 10) -> float:
+    for _ in range(3):
+        call(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _autotune_key(
+    model: DeployedFasterNet, precision: str, input_size: Sequence[int], threads: int | None, device: torch.device
+) -> str:
+    versions = [torch.__version__]
+    for name in ("onnxruntime", "openvino"):
+        with contextlib.suppress(ImportError):
+            versions.append(f"{name} {__import__(name).__version__}")
+    blob = json.dumps(
+        [
+            model.config,
+            model.form,
+            list(input_size),
+            precision,
+            threads,
+            str(device),
+            cpu_name(),
+            sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni"}),
+            versions,
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _autotune_file() -> Path:
+    from fasternet.hub import cache_dir
+
+    return cache_dir() / "autotune.json"
+
+
+def _build(
+    backend: str,
+    deployed: DeployedFasterNet,
+    precision: str,
+    input_size: tuple[int, ...],
+    threads: int | None,
+    device: torch.device,
+) -> Callable:
+    if backend in ("torch", "torch-compile"):
+        return _torch_call(deployed, precision, device, threads, compile_model=backend == "torch-compile")
+    if device.type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU here; use backend='torch' for {device}")
+    if backend == "onnxruntime":
+        return _onnxruntime_call(deployed, precision, input_size, threads, None)
+    if backend == "openvino":
+        return _openvino_call(deployed, precision, input_size, threads, None)
+    raise ValueError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
+
+
+def _installed(backend: str) -> bool:
+    module = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def runner(
+    model: FasterNet | DeployedFasterNet | str | os.PathLike,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    input_size: Sequence[int] = (1, 3, 224, 224),
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Runner:
+    """A callable that runs ``model`` on ``backend`` in ``precision`` (see the module docstring).
+
+    ``model`` is a FasterNet, a deployed one, a checkpoint, or an exported ``.onnx`` / OpenVINO
+    ``.xml`` file (run by its own runtime). fp32 runners match eager PyTorch to 1e-4 relative;
+    bf16 ones to about 2e-2 (bf16 keeps 8 bits of mantissa).
+    """
+    device = torch.device(device)
+    input_size = tuple(int(v) for v in input_size)
+    _check_precision(precision, device)
+    if isinstance(model, (str, os.PathLike)) and Path(model).suffix in (".onnx", ".xml"):
+        return _runner_for_file(Path(model), backend, precision, input_size, threads, device)
+    if isinstance(model, (str, os.PathLike)):
+        from fasternet.checkpoints import create_model_from_checkpoint
+
+        model = create_model_from_checkpoint(model)
+    deployed = deploy(model) if isinstance(model, FasterNet) else model
+    if not isinstance(deployed, DeployedFasterNet):
+        raise TypeError(f"runner() takes a FasterNet, a checkpoint or an exported file, not {type(model).__name__}")
+    if backend == "auto":
+        backend = _auto_backend(deployed, precision, input_size, threads, device)
+    elif backend in BACKENDS and not _installed(backend):
+        require(backend)
+    call = _build(backend, deployed, precision, input_size, threads, device)
+    return Runner(backend, precision, input_size, threads, device, call, deployed.features_only)
+
+
+def _runner_for_file(
+    path: Path, backend: str, precision: str, input_size: tuple[int, ...], threads: int | None, device: torch.device
+) -> Runner:
+    if not path.exists():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    natural = "onnxruntime" if path.suffix == ".onnx" else "openvino"
+    backend = natural if backend == "auto" else backend
+    if backend == "onnxruntime" and path.suffix == ".onnx":
+        call = _onnxruntime_call(None, precision, input_size, threads, path)
+    elif backend == "openvino":
+        call = _openvino_call(None, precision, input_size, threads, path)
+    else:
+        raise ValueError(f"{path.name} runs with onnxruntime or openvino, not {backend!r}")
+    return Runner(backend, precision, input_size, threads, device, call, features_only=False)
+
+
+def _auto_backend(
+    deployed: DeployedFasterNet, precision: str, input_size: tuple[int, ...], threads: int | None, device: torch.device
+) -> str:
+    if device.type != "cpu":
+        return "torch"
+    key = _autotune_key(deployed, precision, input_size, threads, device)
+    cache_file = _autotune_file()
+    cache: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        cache = json.loads(cache_file.read_text())
+    if key in cache and _installed(cache[key]["backend"]):
+        return cache[key]["backend"]
+    x = torch.randn(input_size)
+    timings = {}
+    for backend in AUTO_CANDIDATES:
+        if not _installed(backend):
+            continue
+        try:
+            call = _build(backend, deployed, precision, input_size, threads, device)
+        except UnsupportedPrecisionError:
+            continue
+        timings[backend] = _time_call(call, x)
+    best = min(timings, key=timings.get)
+    cache[key] = {"backend": best, "seconds": timings, "input_size": list(input_size), "precision": precision}
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, indent=1))
+    os.replace(tmp, cache_file)
+    return best
