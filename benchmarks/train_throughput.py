@@ -167,10 +167,8 @@ def main() -> None:
         speed = statistics.median(r["images_per_s"] for r in runs)
         wait = statistics.median(r["data_wait_share"] for r in runs)
         summary[name] = speed
-        print(
-            f"{name:<10} {speed:8.1f} img/s (runs: {', '.join(f'{r['images_per_s']:.1f}' for r in runs)})  "
-            f"data wait {wait:.1%} of step time"
-        )
+        each = ", ".join(f"{r['images_per_s']:.1f}" for r in runs)
+        print(f"{name:<10} {speed:8.1f} img/s (runs: {each})  data wait {wait:.1%} of step time")
     print(f"ratio fasternet / eager: {summary['fasternet'] / summary['eager']:.2f}x")
 
 
