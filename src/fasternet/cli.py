@@ -50,12 +50,108 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    model = _model_or_checkpoint(args.model)
-    report = profile(model, (args.batch_size, model.in_chans, args.image_size, args.image_size))
+    if args.measure and args.model in models.list_models():
+        torch.manual_seed(0)
+        model = models.create_model(args.model)  # real weights: measuring runs the model
+    else:
+        model = _model_or_checkpoint(args.model)
+    size = (args.batch_size, model.in_chans, args.image_size, args.image_size)
+    report = profile(model, size, measure=args.measure, threads=args.threads)
     if args.json:
         print(json.dumps({"model": args.model, **report.to_dict()}))
     else:
         print(report.table(by_stage=args.by_stage))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from fasternet.export import export
+
+    if args.model in models.list_models():
+        model = models.create_model(args.model, features_only=args.features_only)
+    else:
+        model = checkpoints.create_model_from_checkpoint(hub.resolve_checkpoint(args.model))
+    size = (args.batch_size, model.in_chans, args.image_size, args.image_size)
+    path = export(model, args.output, format=args.format, input_size=size, dynamic_batch=not args.static_batch)
+    print(f"wrote {path} ({args.format}, checked against PyTorch)")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fasternet import bench
+
+    if args.what == "operators":
+        _bench_operators(args)
+        return
+    threads = args.threads
+    names = _split(args.models)
+    for name in names:
+        models.get_variant(name)
+    backends = _split(args.backends)
+    precisions = _split(args.precisions)
+    batches = [int(b) for b in _split(args.batch_sizes)]
+    if args.preset == "paper-cpu":
+        threads, batches, precisions = 1, [1], ["fp32"]
+    elif args.preset == "paper-gpu":
+        args.device, batches, backends = "cuda", [32], ["torch"]
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available here")
+    configs = [
+        bench.Config(name, backend, precision, batch, threads, args.image_size, args.device)
+        for name in names
+        for batch in batches
+        for precision in precisions
+        for backend in (backends + (list(bench.BASELINES) if args.baselines and precision == "fp32" else []))
+        if not (backend in bench.BASELINES and args.device != "cpu")
+    ]
+    say = (lambda m: None) if args.json else (lambda m: print(f"... {m}", file=sys.stderr))
+    rows, skipped = bench.run_benchmark(configs, rounds=args.rounds, progress=say)
+    peaks: dict[str, float] = {}
+    peak_detail: dict[str, dict[str, float]] = {}
+    if args.device == "cpu":
+        for precision in sorted({r.config.precision for r in rows}):
+            say(f"measuring the {precision} GEMM peak")
+            peak_detail[precision] = bench.gemm_peak(threads, precision)
+            peaks[precision] = max(peak_detail[precision].values())
+    peers = bench.peer_rows(names, batches, threads, args.image_size, args.device, args.rounds) if args.peers else None
+    if args.json:
+        print(json.dumps({
+            "machine": bench.machine_description(args.device),
+            "gemm_peak_gflops": peak_detail,
+            "rows": [r.to_dict(peaks.get(r.config.precision)) for r in rows],
+            "skipped": skipped,
+            "peers": peers,
+        }))
+    else:
+        print(f"# {bench.machine_description(args.device)}")
+        for precision, detail in peak_detail.items():
+            engines = ", ".join(f"{k} {v:.0f}" for k, v in detail.items())
+            print(f"# GEMM peak {precision} (1024^3, GFLOP/s): {engines}; best {peaks[precision]:.0f}")
+        print(bench.format_rows(rows, peaks))
+        for reason in skipped:
+            print(f"# skipped: {reason}")
+        if isinstance(peers, str):
+            print(f"# peers: {peers}")
+        elif peers:
+            print(bench.format_rows(peers, peaks))
+    if args.plot:
+        bench.plot(rows, args.plot)
+        print(f"# wrote {args.plot}", file=sys.stderr)
+
+
+def _bench_operators(args: argparse.Namespace) -> None:
+    from fasternet import bench
+
+    threads = 1 if args.preset == "paper-cpu" else args.threads
+    rows = bench.operator_table(threads=threads, rounds=args.rounds)
+    if args.json:
+        print(json.dumps({"machine": bench.machine_description(), "threads": threads, "rows": rows}))
+        return
+    print(f"# {bench.machine_description()}; threads {threads or torch.get_num_threads()}; "
+          "ten stacked layers, batch 1; GMAC/s = the paper's 'GFLOPs/s' (one FLOP per MAC)")
+    print(bench.format_operator_table(rows))
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -188,7 +284,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="input height and width")
     p.add_argument("--batch-size", type=int, default=1, help="batch size")
     p.add_argument("--by-stage", action="store_true", help="print one line per stage instead of per layer")
+    p.add_argument("--measure", action="store_true", help="also time every layer (eager) and its achieved FLOPS")
+    p.add_argument("--threads", type=int, help="CPU threads for --measure (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+    p = add("export", cmd_export, "export a deployed model (ONNX, OpenVINO IR, torch.export), checked")
+    p.add_argument("model", help="variant name or checkpoint path/URL")
+    p.add_argument("-o", "--output", required=True, help="output file (.onnx, .xml, .pt2)")
+    p.add_argument("--format", choices=["onnx", "openvino", "pt2"], default="onnx", help="export format")
+    p.add_argument("--image-size", type=int, default=224, help="input height and width")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size traced (the batch stays dynamic)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size instead")
+    p.add_argument("--features-only", action="store_true", help="export the backbone (four feature maps)")
+
+    p = add("bench", cmd_bench, "latency and throughput per backend and precision, with the GEMM peak")
+    p.add_argument("what", nargs="?", choices=["models", "operators"], default="models",
+                   help="models, or the paper's operator table (Conv, GConv, DWConv, PConv)")
+    p.add_argument("--models", default="fasternet_t0", help="comma-separated variants")
+    p.add_argument("--backends", default="torch,onnxruntime,openvino",
+                   help="comma-separated: torch, torch-compile, onnxruntime, openvino")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (skipped where unsupported)")
+    p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    p.add_argument("--image-size", type=int, default=224, help="input height and width")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of 10 timed runs each")
+    p.add_argument("--preset", choices=["paper-cpu", "paper-gpu"],
+                   help="the paper's protocol: CPU 1 thread batch 1, or GPU batch 32")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="skip the official-computation baselines (eager, onnxruntime, openvino)")
+    p.add_argument("--peers", action="store_true", help="also time timm's models (when timm is importable)")
+    p.add_argument("--plot", help="write a PNG of latency against MACs (needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = add("info", cmd_info, "what a checkpoint is: layout, variant, configuration, classes")
     p.add_argument("checkpoint", help="checkpoint path or URL (any supported layout)")

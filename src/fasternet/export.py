@@ -70,15 +70,22 @@ def _export_onnx(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic_
     require("onnx")
     require("onnxscript")
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)  # it warns about torchvision ops a FasterNet never uses
+    # The exporter and onnxscript's optimizer report every step (and torchvision ops a FasterNet
+    # never uses) on the console and in logs: keep them quiet unless the export fails.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    chatter = io.StringIO()
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             warnings.simplefilter("ignore")
             _torch_onnx_export(model, x, path, dynamic)
+    except Exception as error:
+        raise ExportError(f"ONNX export failed: {error}\n{chatter.getvalue()[-2000:]}") from error
     finally:
-        onnx_logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _torch_onnx_export(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,12 @@ class LayerProfile:
     params: int
     macs: int
     memory_access: int  # elements read + written
+    time_ms: float | None = None  # measured median, with ``measure=True``
+
+    @property
+    def gflops(self) -> float | None:
+        """Achieved GFLOP/s (2 FLOPs per MAC) when measured."""
+        return 2 * self.macs / self.time_ms / 1e6 if self.time_ms else None
 
     @property
     def group(self) -> str:
@@ -75,35 +83,40 @@ class ProfileReport:
             "rows": [dataclasses.asdict(r) for r in self.rows],
         }
 
+    @property
+    def measured(self) -> bool:
+        return any(r.time_ms is not None for r in self.rows)
+
     def table(self, *, by_stage: bool = False) -> str:
         """The report as text: layers grouped by stage with subtotals, then a totals line."""
+        measured = self.measured
         header = f"{'layer':<40} {'type':<16} {'output':<18} {'params':>12} {'MMACs':>10} {'mem (K el.)':>12}"
+        if measured:
+            header += f" {'ms':>8} {'GFLOP/s':>8}"
         lines = [header, "-" * len(header)]
 
-        def fmt(name: str, kind: str, shape: str, params: int, macs: int, mem: int) -> str:
-            return f"{name:<40} {kind:<16} {shape:<18} {params:>12,} {macs / 1e6:>10.2f} {mem / 1e3:>12.1f}"
+        def fmt(name: str, kind: str, shape: str, rows: list[LayerProfile]) -> str:
+            macs = sum(r.macs for r in rows)
+            line = (
+                f"{name:<40} {kind:<16} {shape:<18} {sum(r.params for r in rows):>12,} {macs / 1e6:>10.2f} "
+                f"{sum(r.memory_access for r in rows) / 1e3:>12.1f}"
+            )
+            if measured:
+                ms = sum(r.time_ms or 0.0 for r in rows)
+                line += f" {ms:>8.3f} {2 * macs / ms / 1e6 if ms else 0.0:>8.1f}"
+            return line
 
         for group, rows in self.groups().items():
             if not by_stage:
                 for r in rows:
-                    shape = "x".join(str(d) for d in r.output_shape)
-                    lines.append(fmt(r.name, r.type, shape, r.params, r.macs, r.memory_access))
+                    lines.append(fmt(r.name, r.type, "x".join(str(d) for d in r.output_shape), [r]))
             shape = "x".join(str(d) for d in rows[-1].output_shape)
-            lines.append(
-                fmt(
-                    f"[{group}]",
-                    f"{len(rows)} layers",
-                    shape,
-                    sum(r.params for r in rows),
-                    sum(r.macs for r in rows),
-                    sum(r.memory_access for r in rows),
-                )
-            )
+            lines.append(fmt(f"[{group}]", f"{len(rows)} layers", shape, rows))
             if not by_stage:
                 lines.append("")
         lines.append("-" * len(header))
         size = "x".join(str(d) for d in self.input_size)
-        lines.append(fmt("total", f"input {size}", "", self.params, self.macs, self.memory_access))
+        lines.append(fmt("total", f"input {size}", "", self.rows))
         return "\n".join(lines)
 
 
@@ -154,10 +167,19 @@ def _profiled_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -> ProfileReport:
+def profile(
+    model: nn.Module,
+    input_size: Sequence[int] = (1, 3, 224, 224),
+    *,
+    measure: bool = False,
+    repeats: int = 20,
+    threads: int | None = None,
+) -> ProfileReport:
     """Run one forward pass of a zero batch of ``input_size`` and account for every layer.
 
     Works on the meta device too (no computation), which makes profiling large variants instant.
+    ``measure=True`` also times every layer (median of ``repeats`` eager forward passes, after a
+    warm-up) so that the table shows where the time goes and the FLOPS each layer achieves.
     """
     rows: list[LayerProfile] = []
     handles = []
@@ -180,7 +202,57 @@ def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -> P
     try:
         model(torch.zeros(tuple(input_size), device=device))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
+    try:
+        if measure:
+            _measure(model, rows, input_size, device, repeats, threads)
+    finally:
+        model.train(was_training)
     return ProfileReport(tuple(input_size), rows)
+
+
+def _measure(
+    model: nn.Module,
+    rows: list[LayerProfile],
+    input_size: Sequence[int],
+    device: torch.device,
+    repeats: int,
+    threads: int | None,
+) -> None:
+    """Time each profiled module with hooks; a block's own row gets its time minus its children's."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    modules = dict(_profiled_modules(model))
+    samples: dict[str, list[float]] = {name: [] for name in modules}
+    starts: dict[str, float] = {}
+
+    def before(name: str):
+        return lambda module, inputs: starts.__setitem__(name, time.perf_counter())
+
+    def after(name: str):
+        return lambda module, inputs, output: samples[name].append(time.perf_counter() - starts[name])
+
+    handles = []
+    for name, module in modules.items():
+        handles.append(module.register_forward_pre_hook(before(name)))
+        handles.append(module.register_forward_hook(after(name)))
+    x = torch.randn(tuple(input_size), device=device)
+    try:
+        for _ in range(3):
+            model(x)
+        for values in samples.values():
+            values.clear()
+        for _ in range(repeats):
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    median_ms = {name: 1e3 * statistics.median(values) for name, values in samples.items() if values}
+    for row in rows:
+        if row.type == "Add":  # the block's residual add: its time minus what its layers took
+            block = row.name.removesuffix(" (+ shortcut)")
+            inner = sum(ms for name, ms in median_ms.items() if name.startswith(block + "."))
+            row.time_ms = max(median_ms.get(block, 0.0) - inner, 0.0)
+        else:
+            row.time_ms = median_ms.get(row.name)

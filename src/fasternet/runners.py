@@ -39,6 +39,10 @@ __all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "cpu
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
 AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")  # torch-compile compiles for minutes: opt-in only
+# The PConv form each engine runs fastest (benchmarks/pconv_forms.py; T0 batch 1, 2 threads): eager
+# torch pays per operator and prefers one concat to two 1x1 convolutions; the graph compilers
+# prefer the split weight (no copy). A model that is already deployed keeps its form.
+PREFERRED_FORM = {"torch": "concat", "torch-compile": "split", "onnxruntime": "concat", "openvino": "split"}
 
 
 class UnsupportedPrecisionError(RuntimeError):
@@ -227,7 +231,11 @@ def _time_call(call: Callable, x: torch.Tensor, repeats: int = 10) -> float:
 
 
 def _autotune_key(
-    model: DeployedFasterNet, precision: str, input_size: Sequence[int], threads: int | None, device: torch.device
+    model: FasterNet | DeployedFasterNet,
+    precision: str,
+    input_size: Sequence[int],
+    threads: int | None,
+    device: torch.device,
 ) -> str:
     versions = [torch.__version__]
     for name in ("onnxruntime", "openvino"):
@@ -236,7 +244,7 @@ def _autotune_key(
     blob = json.dumps(
         [
             model.config,
-            model.form,
+            getattr(model, "form", None),
             list(input_size),
             precision,
             threads,
@@ -310,15 +318,21 @@ def runner(
         from fasternet.checkpoints import create_model_from_checkpoint
 
         model = create_model_from_checkpoint(model)
-    deployed = deploy(model) if isinstance(model, FasterNet) else model
-    if not isinstance(deployed, DeployedFasterNet):
+    if not isinstance(model, (FasterNet, DeployedFasterNet)):
         raise TypeError(f"runner() takes a FasterNet, a checkpoint or an exported file, not {type(model).__name__}")
     if backend == "auto":
-        backend = _auto_backend(deployed, precision, input_size, threads, device)
+        backend = _auto_backend(model, precision, input_size, threads, device)
     elif backend in BACKENDS and not _installed(backend):
         require(backend)
+    deployed = _deployed_for(model, backend)
     call = _build(backend, deployed, precision, input_size, threads, device)
     return Runner(backend, precision, input_size, threads, device, call, deployed.features_only)
+
+
+def _deployed_for(model: FasterNet | DeployedFasterNet, backend: str) -> DeployedFasterNet:
+    if isinstance(model, DeployedFasterNet):
+        return model
+    return deploy(model, form=PREFERRED_FORM.get(backend, "split"))
 
 
 def _runner_for_file(
@@ -338,11 +352,15 @@ def _runner_for_file(
 
 
 def _auto_backend(
-    deployed: DeployedFasterNet, precision: str, input_size: tuple[int, ...], threads: int | None, device: torch.device
+    model: FasterNet | DeployedFasterNet,
+    precision: str,
+    input_size: tuple[int, ...],
+    threads: int | None,
+    device: torch.device,
 ) -> str:
     if device.type != "cpu":
         return "torch"
-    key = _autotune_key(deployed, precision, input_size, threads, device)
+    key = _autotune_key(model, precision, input_size, threads, device)
     cache_file = _autotune_file()
     cache: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
@@ -355,7 +373,7 @@ def _auto_backend(
         if not _installed(backend):
             continue
         try:
-            call = _build(backend, deployed, precision, input_size, threads, device)
+            call = _build(backend, _deployed_for(model, backend), precision, input_size, threads, device)
         except UnsupportedPrecisionError:
             continue
         timings[backend] = _time_call(call, x)

@@ -1,0 +1,393 @@
+"""Speed measurement: models on each runner, the GEMM peak, and the paper's operator table.
+
+Everything timed in one run is interleaved: each round times every configuration for a few
+iterations in turn, so slow drifts of a shared machine (turbo, neighbours) hit all of them alike.
+Rows report medians and the spread (10th-90th percentile) of all timed iterations.
+
+Achieved GFLOP/s counts 2 FLOPs per multiply-accumulate, like the GEMM peak it is compared to
+(``2 * n^3`` for an ``n^3`` matrix product, the best of torch, onnxruntime and OpenVINO measured
+in the same run). The paper counts one FLOP per MAC; the operator table reports in its unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fasternet.deploy import deploy
+from fasternet.models import FasterNet, create_model
+from fasternet.profile import profile
+from fasternet.runners import UnsupportedPrecisionError, cpu_flags, cpu_name, runner
+
+__all__ = ["BenchRow", "Config", "gemm_peak", "machine_description", "operator_table", "run_benchmark"]
+
+BASELINES = ("eager", "onnxruntime-official", "openvino-official")
+
+
+def machine_description(device: str = "cpu") -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in cpu_flags()]
+    return f"{cpu_name()} [{', '.join(isa) or 'no AVX2'}], torch {torch.__version__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: str
+    backend: str  # a runner backend, or a baseline from BASELINES
+    precision: str = "fp32"
+    batch: int = 1
+    threads: int | None = None
+    image_size: int = 224
+    device: str = "cpu"
+
+
+@dataclasses.dataclass
+class BenchRow:
+    config: Config
+    params: int
+    macs: int  # per image
+    times: list[float]  # seconds per batch
+
+    @property
+    def latency_ms(self) -> float:
+        return 1e3 * statistics.median(self.times)
+
+    @property
+    def spread_ms(self) -> tuple[float, float]:
+        low, high = np.percentile(self.times, [10, 90])
+        return 1e3 * float(low), 1e3 * float(high)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.config.batch / statistics.median(self.times)
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.macs * self.images_per_s / 1e9
+
+    def to_dict(self, peak: float | None = None) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self.config),
+            "params": self.params,
+            "macs": self.macs,
+            "latency_ms": self.latency_ms,
+            "p10_ms": self.spread_ms[0],
+            "p90_ms": self.spread_ms[1],
+            "images_per_s": self.images_per_s,
+            "gflops": self.gflops,
+            "peak_share": self.gflops / peak if peak else None,
+        }
+
+
+def _interleaved(calls: dict[Any, Callable[[], Any]], *, rounds: int, per_round: int, warmup: int,
+                 synchronize: Callable[[], None] = lambda: None) -> dict[Any, list[float]]:
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+        synchronize()
+    times: dict[Any, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                call()
+                synchronize()
+                times[key].append(time.perf_counter() - start)
+    return times
+
+
+# --------------------------------------------------------------------------------------------
+# GEMM peak
+
+
+def _gemm_calls(n: int, threads: int | None, precision: str) -> dict[str, Callable[[], Any]]:
+    """n^3 matrix products in each installed engine."""
+    calls: dict[str, Callable[[], Any]] = {}
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+
+    def torch_matmul():
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return torch.mm(a, b)
+
+    calls["torch"] = torch_matmul
+    with contextlib.suppress(ImportError):
+        import onnx
+        import onnxruntime as ort
+
+        if precision == "fp32":
+            graph = onnx.helper.make_graph(
+                [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [n, n])],
+                [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [n, n])],
+                [onnx.numpy_helper.from_array(b.numpy(), "b")],
+            )
+            options = ort.SessionOptions()
+            if threads is not None:
+                options.intra_op_num_threads = threads
+            session = ort.InferenceSession(onnx.helper.make_model(graph).SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+            a_np = a.numpy()
+            calls["onnxruntime"] = lambda: session.run(None, {"a": a_np})
+    with contextlib.suppress(ImportError):
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        param = ops.parameter([n, n], np.float32)
+        model = ov.Model([ops.matmul(param, ops.constant(b.float().numpy()), False, False)], [param])
+        config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16", "NUM_STREAMS": "1",
+                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+        a32 = a.float().numpy()
+        calls["openvino"] = lambda: request.infer({0: a32}, share_inputs=True)
+    return calls
+
+
+def gemm_peak(threads: int | None = None, precision: str = "fp32", n: int = 1024,
+              rounds: int = 3) -> dict[str, float]:
+    """GFLOP/s (2 n^3 per product) of an n^3 matrix product in each engine: the best is the peak."""
+    times = _interleaved(_gemm_calls(n, threads, precision), rounds=rounds, per_round=5, warmup=3)
+    return {engine: 2 * n**3 / statistics.median(t) / 1e9 for engine, t in times.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def _baseline_call(model: FasterNet, config: Config) -> Callable[[torch.Tensor], Any]:
+    """What a user gets without this package: the official computation (concat PConv), BN folded."""
+    official = deploy(model, form="concat")
+    size = (config.batch, 3, config.image_size, config.image_size)
+    if config.backend == "eager":
+        threads = config.threads
+
+        def call(x):
+            if threads is not None and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            with torch.inference_mode():
+                return official(x)
+
+        return call
+    backend = config.backend.removesuffix("-official")
+    return runner(official, backend=backend, precision=config.precision, input_size=size, threads=config.threads)
+
+
+def run_benchmark(configs: Sequence[Config], *, rounds: int = 5, per_round: int = 10, warmup: int = 5,
+                  progress: Callable[[str], None] = lambda message: None) -> tuple[list[BenchRow], list[str]]:
+    """Build every configuration, time them interleaved; returns rows and the skipped ones' reasons."""
+    models: dict[tuple[str, int], FasterNet] = {}
+    calls: dict[Config, Callable[[], Any]] = {}
+    skipped: list[str] = []
+    for config in configs:
+        key = (config.model, config.image_size)
+        if key not in models:
+            torch.manual_seed(0)
+            models[key] = create_model(config.model).eval()
+        model = models[key]
+        x = torch.randn(config.batch, 3, config.image_size, config.image_size)
+        if config.device != "cpu":
+            x = x.to(config.device)
+        progress(f"preparing {config.model} {config.backend} {config.precision} batch {config.batch}")
+        try:
+            if config.backend in BASELINES:
+                call = _baseline_call(model, config)
+            else:
+                call = runner(model, backend=config.backend, precision=config.precision, input_size=tuple(x.shape),
+                              threads=config.threads, device=config.device)
+        except (UnsupportedPrecisionError, ImportError, ValueError) as error:
+            skipped.append(f"{config.model} {config.backend} {config.precision}: {error}")
+            continue
+        calls[config] = (lambda c, t: lambda: c(t))(call, x)
+    synchronize = torch.cuda.synchronize if any(c.device.startswith("cuda") for c in calls) else (lambda: None)
+    progress(f"timing {len(calls)} configurations, {rounds} interleaved rounds")
+    times = _interleaved(calls, rounds=rounds, per_round=per_round, warmup=warmup, synchronize=synchronize)
+    rows = []
+    for config, t in times.items():
+        with torch.device("meta"):
+            meta = create_model(config.model)
+        report = profile(meta, (1, 3, config.image_size, config.image_size))
+        rows.append(BenchRow(config, report.params, report.macs, t))
+    return rows, skipped
+
+
+def format_rows(rows: Sequence[BenchRow], peaks: dict[str, float]) -> str:
+    header = (f"{'model':<13} {'backend':<21} {'prec':<5} {'batch':>5} {'thr':>3} {'GMACs':>6} {'ms (median)':>11} "
+              f"{'p10-p90 ms':>15} {'img/s':>9} {'GFLOP/s':>8} {'% peak':>7}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        c = row.config
+        peak = peaks.get(c.precision)
+        share = f"{100 * row.gflops / peak:6.1f}%" if peak else "      -"
+        low, high = row.spread_ms
+        lines.append(f"{c.model:<13} {c.backend:<21} {c.precision:<5} {c.batch:>5} {c.threads or '-':>3} "
+                     f"{row.macs / 1e9:>6.3f} {row.latency_ms:>11.3f} {f'{low:.2f}-{high:.2f}':>15} "
+                     f"{row.images_per_s:>9.1f} {row.gflops:>8.1f} {share}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's Table 1: operators
+
+
+class _PartialConvOp(nn.Module):
+    """PConv as the paper benchmarks it: a 3x3 conv over c/4 channels, the rest untouched."""
+
+    def __init__(self, channels: int, ratio: int = 4) -> None:
+        super().__init__()
+        self.dim = channels // ratio
+        self.conv = nn.Conv2d(self.dim, self.dim, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.conv(x[:, : self.dim]), x[:, self.dim :]), dim=1)
+
+
+OPERATORS: dict[str, Callable[[int], nn.Module]] = {
+    "conv3x3": lambda c: nn.Conv2d(c, c, 3, padding=1, bias=False),
+    "gconv_g16": lambda c: nn.Conv2d(c, c, 3, padding=1, groups=16, bias=False),
+    "dwconv": lambda c: nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),
+    "pconv": lambda c: _PartialConvOp(c),
+}
+OPERATOR_SHAPES = ((96, 56), (192, 28), (384, 14), (768, 7))
+
+
+def operator_macs(name: str, channels: int, size: int, layers: int = 10) -> int:
+    """MACs of ``layers`` stacked operators: h*w*k^2*c^2 (conv), /16 (GConv g16), /c (DWConv), c_p^2 (PConv)."""
+    per_layer = {
+        "conv3x3": size * size * 9 * channels * channels,
+        "gconv_g16": size * size * 9 * channels * channels // 16,
+        "dwconv": size * size * 9 * channels,
+        "pconv": size * size * 9 * (channels // 4) ** 2,
+    }[name]
+    return layers * per_layer
+
+
+def operator_table(*, threads: int | None = None, rounds: int = 5, per_round: int = 10,
+                   backend: str = "torch") -> list[dict[str, Any]]:
+    """Ten stacked layers of each operator on each feature-map size; latency and achieved GMAC/s."""
+    calls = {}
+    for name, build in OPERATORS.items():
+        for channels, size in OPERATOR_SHAPES:
+            stack = nn.Sequential(*(build(channels) for _ in range(10))).eval()
+            x = torch.randn(1, channels, size, size)
+            if backend == "torch":
+                def call(stack=stack, x=x):
+                    if threads is not None and torch.get_num_threads() != threads:
+                        torch.set_num_threads(threads)
+                    with torch.inference_mode():
+                        return stack(x)
+            else:
+                raise ValueError(f"operator table backend {backend!r} is not supported; use torch")
+            calls[(name, channels, size)] = call
+    times = _interleaved(calls, rounds=rounds, per_round=per_round, warmup=3)
+    rows = []
+    for (name, channels, size), t in times.items():
+        latency = statistics.median(t)
+        macs = operator_macs(name, channels, size)
+        rows.append({"operator": name, "channels": channels, "size": size, "mmacs": macs / 1e6,
+                     "latency_ms": 1e3 * latency, "gmacs_per_s": macs / latency / 1e9})
+    return rows
+
+
+# The paper's Table 1 (Chen et al., CVPR 2023): achieved "GFLOPs/s" (one FLOP per MAC) of ten
+# stacked layers averaged over the four feature-map sizes; i9-9900X CPU, RTX 2080Ti GPU, Cortex-A72.
+PAPER_OPERATOR_FLOPS = {
+    "conv3x3": {"gpu": 10151, "cpu": 71.89, "arm": 3.95},
+    "gconv_g16": {"gpu": 1833, "cpu": 25.93, "arm": 1.92},
+    "dwconv": {"gpu": 313, "cpu": 6.42, "arm": 0.12},
+    "pconv": {"gpu": 3274, "cpu": 39.91, "arm": 2.73},
+}
+
+
+def format_operator_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = (f"{'operator':<10} {'feature map':<12} {'MMACs':>8} {'ms':>9} {'GMAC/s':>8}   "
+              f"{'paper CPU':>9} {'paper GPU':>9} {'paper ARM':>9}")
+    lines = [header, "-" * len(header)]
+    for name in OPERATORS:
+        mine = [r for r in rows if r["operator"] == name]
+        for r in mine:
+            shape = f"{r['channels']}x{r['size']}x{r['size']}"
+            lines.append(f"{name:<10} {shape:<12} {r['mmacs']:>8.2f} {r['latency_ms']:>9.3f} {r['gmacs_per_s']:>8.2f}")
+        total_macs = sum(r["mmacs"] for r in mine) / 1e3
+        total_seconds = sum(r["latency_ms"] for r in mine) / 1e3
+        paper = PAPER_OPERATOR_FLOPS[name]
+        lines.append(f"{name:<10} {'mean':<12} {'':>8} {'':>9} {total_macs / total_seconds:>8.2f}   "
+                     f"{paper['cpu']:>9.2f} {paper['gpu']:>9.0f} {paper['arm']:>9.2f}")
+    return "\n".join(lines)
+
+
+PEERS = ("mobilevit_xxs", "mobilenetv2_100", "efficientnet_b0", "resnet50", "convnext_tiny",
+         "swin_tiny_patch4_window7_224", "fasternet_t0", "fasternet_s")
+
+
+def peer_rows(names: Sequence[str], batches: Sequence[int], threads: int | None, image_size: int, device: str,
+              rounds: int) -> list[BenchRow] | str:
+    """timm's models (the paper's peers and timm's own FasterNet port), eager, same protocol."""
+    try:
+        import timm
+    except Exception as error:  # timm needs torchvision, which a CPU-only torch may not have
+        return f"timm is not importable here ({type(error).__name__}: {str(error).splitlines()[0][:80]}); skipped"
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls, info = {}, {}
+    for name in PEERS:
+        for batch in batches:
+            model = timm.create_model(name, pretrained=False).eval().to(device)
+            x = torch.randn(batch, 3, image_size, image_size, device=device)
+            with FlopCounterMode(display=False) as counter, torch.inference_mode():
+                model(x[:1])
+            config = Config(f"timm:{name}", "timm-eager", "fp32", batch, threads, image_size, device)
+
+            def call(model=model, x=x):
+                if threads is not None and torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
+                with torch.inference_mode():
+                    return model(x)
+
+            calls[config] = call
+            info[config] = (sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = _interleaved(calls, rounds=rounds, per_round=10, warmup=3, synchronize=sync)
+    return [BenchRow(config, *info[config], t) for config, t in times.items()]
+
+
+def plot(rows: Sequence[BenchRow], path: str) -> None:
+    """Latency against MACs per model and backend, like the paper's Figure 1."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib") from None
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    by_backend: dict[str, list[BenchRow]] = {}
+    for row in rows:
+        by_backend.setdefault(f"{row.config.backend} {row.config.precision}", []).append(row)
+    for label, group in sorted(by_backend.items()):
+        group = sorted(group, key=lambda r: r.macs)
+        macs = [r.macs / 1e9 for r in group]
+        left.plot(macs, [r.latency_ms for r in group], marker="o", label=label)
+        right.plot(macs, [r.gflops for r in group], marker="o", label=label)
+    for axis, ylabel in ((left, "latency per batch (ms, median)"), (right, "achieved GFLOP/s")):
+        axis.set_xlabel("GMACs per image")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    batch = sorted({r.config.batch for r in rows})
+    figure.suptitle(f"{machine_description()} - batch {', '.join(map(str, batch))}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
