@@ -88,8 +88,14 @@ class BenchRow:
         }
 
 
-def _interleaved(calls: dict[Any, Callable[[], Any]], *, rounds: int, per_round: int, warmup: int,
-                 synchronize: Callable[[], None] = lambda: None) -> dict[Any, list[float]]:
+def _interleaved(
+    calls: dict[Any, Callable[[], Any]],
+    *,
+    rounds: int,
+    per_round: int,
+    warmup: int,
+    synchronize: Callable[[], None] = lambda: None,
+) -> dict[Any, list[float]]:
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -128,7 +134,8 @@ def _gemm_calls(n: int, threads: int | None, precision: str) -> dict[str, Callab
 
         if precision == "fp32":
             graph = onnx.helper.make_graph(
-                [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])],
+                "gemm",
                 [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [n, n])],
                 [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [n, n])],
                 [onnx.numpy_helper.from_array(b.numpy(), "b")],
@@ -136,8 +143,9 @@ def _gemm_calls(n: int, threads: int | None, precision: str) -> dict[str, Callab
             options = ort.SessionOptions()
             if threads is not None:
                 options.intra_op_num_threads = threads
-            session = ort.InferenceSession(onnx.helper.make_model(graph).SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                onnx.helper.make_model(graph).SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
             a_np = a.numpy()
             calls["onnxruntime"] = lambda: session.run(None, {"a": a_np})
     with contextlib.suppress(ImportError):
@@ -146,8 +154,11 @@ def _gemm_calls(n: int, threads: int | None, precision: str) -> dict[str, Callab
 
         param = ops.parameter([n, n], np.float32)
         model = ov.Model([ops.matmul(param, ops.constant(b.float().numpy()), False, False)], [param])
-        config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16", "NUM_STREAMS": "1",
-                  "PERFORMANCE_HINT": "LATENCY"}
+        config = {
+            "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+            "NUM_STREAMS": "1",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
@@ -156,8 +167,7 @@ def _gemm_calls(n: int, threads: int | None, precision: str) -> dict[str, Callab
     return calls
 
 
-def gemm_peak(threads: int | None = None, precision: str = "fp32", n: int = 1024,
-              rounds: int = 3) -> dict[str, float]:
+def gemm_peak(threads: int | None = None, precision: str = "fp32", n: int = 1024, rounds: int = 3) -> dict[str, float]:
     """GFLOP/s (2 n^3 per product) of an n^3 matrix product in each engine: the best is the peak."""
     times = _interleaved(_gemm_calls(n, threads, precision), rounds=rounds, per_round=5, warmup=3)
     return {engine: 2 * n**3 / statistics.median(t) / 1e9 for engine, t in times.items()}
@@ -185,8 +195,14 @@ def _baseline_call(model: FasterNet, config: Config) -> Callable[[torch.Tensor],
     return runner(official, backend=backend, precision=config.precision, input_size=size, threads=config.threads)
 
 
-def run_benchmark(configs: Sequence[Config], *, rounds: int = 5, per_round: int = 10, warmup: int = 5,
-                  progress: Callable[[str], None] = lambda message: None) -> tuple[list[BenchRow], list[str]]:
+def run_benchmark(
+    configs: Sequence[Config],
+    *,
+    rounds: int = 5,
+    per_round: int = 10,
+    warmup: int = 5,
+    progress: Callable[[str], None] = lambda message: None,
+) -> tuple[list[BenchRow], list[str]]:
     """Build every configuration, time them interleaved; returns rows and the skipped ones' reasons."""
     models: dict[tuple[str, int], FasterNet] = {}
     calls: dict[Config, Callable[[], Any]] = {}
@@ -205,8 +221,14 @@ def run_benchmark(configs: Sequence[Config], *, rounds: int = 5, per_round: int 
             if config.backend in BASELINES:
                 call = _baseline_call(model, config)
             else:
-                call = runner(model, backend=config.backend, precision=config.precision, input_size=tuple(x.shape),
-                              threads=config.threads, device=config.device)
+                call = runner(
+                    model,
+                    backend=config.backend,
+                    precision=config.precision,
+                    input_size=tuple(x.shape),
+                    threads=config.threads,
+                    device=config.device,
+                )
         except (UnsupportedPrecisionError, ImportError, ValueError) as error:
             skipped.append(f"{config.model} {config.backend} {config.precision}: {error}")
             continue
@@ -224,17 +246,21 @@ def run_benchmark(configs: Sequence[Config], *, rounds: int = 5, per_round: int 
 
 
 def format_rows(rows: Sequence[BenchRow], peaks: dict[str, float]) -> str:
-    header = (f"{'model':<13} {'backend':<21} {'prec':<5} {'batch':>5} {'thr':>3} {'GMACs':>6} {'ms (median)':>11} "
-              f"{'p10-p90 ms':>15} {'img/s':>9} {'GFLOP/s':>8} {'% peak':>7}")
+    header = (
+        f"{'model':<13} {'backend':<21} {'prec':<5} {'batch':>5} {'thr':>3} {'GMACs':>6} {'ms (median)':>11} "
+        f"{'p10-p90 ms':>15} {'img/s':>9} {'GFLOP/s':>8} {'% peak':>7}"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         c = row.config
         peak = peaks.get(c.precision)
         share = f"{100 * row.gflops / peak:6.1f}%" if peak else "      -"
         low, high = row.spread_ms
-        lines.append(f"{c.model:<13} {c.backend:<21} {c.precision:<5} {c.batch:>5} {c.threads or '-':>3} "
-                     f"{row.macs / 1e9:>6.3f} {row.latency_ms:>11.3f} {f'{low:.2f}-{high:.2f}':>15} "
-                     f"{row.images_per_s:>9.1f} {row.gflops:>8.1f} {share}")
+        lines.append(
+            f"{c.model:<13} {c.backend:<21} {c.precision:<5} {c.batch:>5} {c.threads or '-':>3} "
+            f"{row.macs / 1e9:>6.3f} {row.latency_ms:>11.3f} {f'{low:.2f}-{high:.2f}':>15} "
+            f"{row.images_per_s:>9.1f} {row.gflops:>8.1f} {share}"
+        )
     return "\n".join(lines)
 
 
@@ -274,8 +300,9 @@ def operator_macs(name: str, channels: int, size: int, layers: int = 10) -> int:
     return layers * per_layer
 
 
-def operator_table(*, threads: int | None = None, rounds: int = 5, per_round: int = 10,
-                   backend: str = "torch") -> list[dict[str, Any]]:
+def operator_table(
+    *, threads: int | None = None, rounds: int = 5, per_round: int = 10, backend: str = "torch"
+) -> list[dict[str, Any]]:
     """Ten stacked layers of each operator on each feature-map size; latency and achieved GMAC/s."""
     calls = {}
     for name, build in OPERATORS.items():
@@ -283,6 +310,7 @@ def operator_table(*, threads: int | None = None, rounds: int = 5, per_round: in
             stack = nn.Sequential(*(build(channels) for _ in range(10))).eval()
             x = torch.randn(1, channels, size, size)
             if backend == "torch":
+
                 def call(stack=stack, x=x):
                     if threads is not None and torch.get_num_threads() != threads:
                         torch.set_num_threads(threads)
@@ -296,8 +324,16 @@ def operator_table(*, threads: int | None = None, rounds: int = 5, per_round: in
     for (name, channels, size), t in times.items():
         latency = statistics.median(t)
         macs = operator_macs(name, channels, size)
-        rows.append({"operator": name, "channels": channels, "size": size, "mmacs": macs / 1e6,
-                     "latency_ms": 1e3 * latency, "gmacs_per_s": macs / latency / 1e9})
+        rows.append(
+            {
+                "operator": name,
+                "channels": channels,
+                "size": size,
+                "mmacs": macs / 1e6,
+                "latency_ms": 1e3 * latency,
+                "gmacs_per_s": macs / latency / 1e9,
+            }
+        )
     return rows
 
 
@@ -312,8 +348,10 @@ PAPER_OPERATOR_FLOPS = {
 
 
 def format_operator_table(rows: Sequence[dict[str, Any]]) -> str:
-    header = (f"{'operator':<10} {'feature map':<12} {'MMACs':>8} {'ms':>9} {'GMAC/s':>8}   "
-              f"{'paper CPU':>9} {'paper GPU':>9} {'paper ARM':>9}")
+    header = (
+        f"{'operator':<10} {'feature map':<12} {'MMACs':>8} {'ms':>9} {'GMAC/s':>8}   "
+        f"{'paper CPU':>9} {'paper GPU':>9} {'paper ARM':>9}"
+    )
     lines = [header, "-" * len(header)]
     for name in OPERATORS:
         mine = [r for r in rows if r["operator"] == name]
@@ -323,17 +361,28 @@ def format_operator_table(rows: Sequence[dict[str, Any]]) -> str:
         total_macs = sum(r["mmacs"] for r in mine) / 1e3
         total_seconds = sum(r["latency_ms"] for r in mine) / 1e3
         paper = PAPER_OPERATOR_FLOPS[name]
-        lines.append(f"{name:<10} {'mean':<12} {'':>8} {'':>9} {total_macs / total_seconds:>8.2f}   "
-                     f"{paper['cpu']:>9.2f} {paper['gpu']:>9.0f} {paper['arm']:>9.2f}")
+        lines.append(
+            f"{name:<10} {'mean':<12} {'':>8} {'':>9} {total_macs / total_seconds:>8.2f}   "
+            f"{paper['cpu']:>9.2f} {paper['gpu']:>9.0f} {paper['arm']:>9.2f}"
+        )
     return "\n".join(lines)
 
 
-PEERS = ("mobilevit_xxs", "mobilenetv2_100", "efficientnet_b0", "resnet50", "convnext_tiny",
-         "swin_tiny_patch4_window7_224", "fasternet_t0", "fasternet_s")
+PEERS = (
+    "mobilevit_xxs",
+    "mobilenetv2_100",
+    "efficientnet_b0",
+    "resnet50",
+    "convnext_tiny",
+    "swin_tiny_patch4_window7_224",
+    "fasternet_t0",
+    "fasternet_s",
+)
 
 
-def peer_rows(names: Sequence[str], batches: Sequence[int], threads: int | None, image_size: int, device: str,
-              rounds: int) -> list[BenchRow] | str:
+def peer_rows(
+    names: Sequence[str], batches: Sequence[int], threads: int | None, image_size: int, device: str, rounds: int
+) -> list[BenchRow] | str:
     """timm's models (the paper's peers and timm's own FasterNet port), eager, same protocol."""
     try:
         import timm

@@ -113,13 +113,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
             peaks[precision] = max(peak_detail[precision].values())
     peers = bench.peer_rows(names, batches, threads, args.image_size, args.device, args.rounds) if args.peers else None
     if args.json:
-        print(json.dumps({
-            "machine": bench.machine_description(args.device),
-            "gemm_peak_gflops": peak_detail,
-            "rows": [r.to_dict(peaks.get(r.config.precision)) for r in rows],
-            "skipped": skipped,
-            "peers": peers,
-        }))
+        print(
+            json.dumps(
+                {
+                    "machine": bench.machine_description(args.device),
+                    "gemm_peak_gflops": peak_detail,
+                    "rows": [r.to_dict(peaks.get(r.config.precision)) for r in rows],
+                    "skipped": skipped,
+                    "peers": peers,
+                }
+            )
+        )
     else:
         print(f"# {bench.machine_description(args.device)}")
         for precision, detail in peak_detail.items():
@@ -145,8 +149,10 @@ def _bench_operators(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"machine": bench.machine_description(), "threads": threads, "rows": rows}))
         return
-    print(f"# {bench.machine_description()}; threads {threads or torch.get_num_threads()}; "
-          "ten stacked layers, batch 1; GMAC/s = the paper's 'GFLOPs/s' (one FLOP per MAC)")
+    print(
+        f"# {bench.machine_description()}; threads {threads or torch.get_num_threads()}; "
+        "ten stacked layers, batch 1; GMAC/s = the paper's 'GFLOPs/s' (one FLOP per MAC)"
+    )
     print(bench.format_operator_table(rows))
 
 
@@ -229,14 +235,48 @@ def cmd_eval(args: argparse.Namespace) -> None:
     folder = ImageFolder(evaluation_folder(args.data), transform=transform)
     label_map = class_index_map(folder.classes, model.class_names, model.num_classes)
     loader = make_eval_loader(folder, batch_size=args.batch_size, workers=args.workers)
-    result = evaluate(model, loader, device=torch.device("cpu"), label_map=label_map, progress=not args.json)
+    candidate, reference, how = _precision_runner(args, model, settings, image_size, crop_pct)
+    result = evaluate(
+        candidate, loader, device=torch.device("cpu"), label_map=label_map, progress=not args.json, reference=reference
+    )
+    agreement = f"  top-1 agreement with fp32 {result.agreement:.2f}%" if result.agreement is not None else ""
     print(
         f"top-1 {result.top1:.3f}%  top-5 {result.top5:.3f}%  on {result.images} images"
         + (f" ({result.skipped} unreadable skipped)" if result.skipped else "")
-        + f"  [{image_size}px, crop_pct {crop_pct}]"
+        + f"{agreement}  [{how}, {image_size}px, crop_pct {crop_pct}]"
     )
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps({**result.to_dict(), "precision": args.precision, "backend": how}))
+
+
+def _precision_runner(args: argparse.Namespace, model, settings: dict, image_size: int, crop_pct: float):
+    """The callable to evaluate for --precision, the fp32 reference to compare with, and a label."""
+    from fasternet.runners import runner
+
+    if args.precision == "fp32" and args.backend in (None, "eager"):
+        return model, None, "fp32 eager"
+    size = (args.batch_size, model.in_chans, image_size, image_size)
+    if args.precision == "int8":
+        from fasternet.quantize import load_quantized, quantize
+
+        if args.quantized:
+            quantized = load_quantized(args.quantized, expect=model)
+        elif args.calibration:
+            quantized = quantize(
+                model,
+                args.calibration,
+                backend=args.backend or "openvino",
+                samples=args.samples,
+                preset=args.preset,
+                settings={**settings, "image_size": image_size, "crop_pct": crop_pct},
+            )
+        else:
+            raise ValueError("--precision int8 needs --calibration DIR (or --quantized FILE)")
+        run = runner(quantized, precision="int8", threads=args.threads)
+    else:
+        backend = "torch" if args.backend == "eager" else (args.backend or "auto")
+        run = runner(model, backend=backend, precision=args.precision, input_size=size, threads=args.threads)
+    return run, model, f"{args.precision} {run.backend}"
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -255,6 +295,30 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(path)
         for name, probability in top:
             print(f"  {probability:7.2%}  {name}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from fasternet.evaluate import load_for_inference
+    from fasternet.quantize import quantize
+
+    model, settings = load_for_inference(args.checkpoint, args.model)
+    image_size = args.image_size or settings["image_size"]
+    keep = tuple(_split(args.keep_fp32)) if args.keep_fp32 else ()
+    quantized = quantize(
+        model,
+        args.data,
+        backend=args.backend,
+        samples=args.samples,
+        preset=args.preset,
+        keep_fp32=keep,
+        output=args.output,
+        settings={**settings, "image_size": image_size},
+    )
+    kept = f", fp32 {'+'.join(keep)}" if keep else ""
+    print(
+        f"wrote {quantized.path} (INT8, {args.backend}, {quantized.metadata['calibration_samples']} "
+        f"calibration images, preset {args.preset}{kept})"
+    )
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -298,21 +362,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-only", action="store_true", help="export the backbone (four feature maps)")
 
     p = add("bench", cmd_bench, "latency and throughput per backend and precision, with the GEMM peak")
-    p.add_argument("what", nargs="?", choices=["models", "operators"], default="models",
-                   help="models, or the paper's operator table (Conv, GConv, DWConv, PConv)")
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=["models", "operators"],
+        default="models",
+        help="models, or the paper's operator table (Conv, GConv, DWConv, PConv)",
+    )
     p.add_argument("--models", default="fasternet_t0", help="comma-separated variants")
-    p.add_argument("--backends", default="torch,onnxruntime,openvino",
-                   help="comma-separated: torch, torch-compile, onnxruntime, openvino")
+    p.add_argument(
+        "--backends",
+        default="torch,onnxruntime,openvino",
+        help="comma-separated: torch, torch-compile, onnxruntime, openvino",
+    )
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (skipped where unsupported)")
     p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     p.add_argument("--image-size", type=int, default=224, help="input height and width")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of 10 timed runs each")
-    p.add_argument("--preset", choices=["paper-cpu", "paper-gpu"],
-                   help="the paper's protocol: CPU 1 thread batch 1, or GPU batch 32")
-    p.add_argument("--no-baselines", dest="baselines", action="store_false",
-                   help="skip the official-computation baselines (eager, onnxruntime, openvino)")
+    p.add_argument(
+        "--preset",
+        choices=["paper-cpu", "paper-gpu"],
+        help="the paper's protocol: CPU 1 thread batch 1, or GPU batch 32",
+    )
+    p.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the official-computation baselines (eager, onnxruntime, openvino)",
+    )
     p.add_argument("--peers", action="store_true", help="also time timm's models (when timm is importable)")
     p.add_argument("--plot", help="write a PNG of latency against MACs (needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -380,6 +459,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the checkpoint's, else 0.9)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="bf16/int8 run through a runner and also report top-1 agreement with fp32",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["eager", "torch", "onnxruntime", "openvino"],
+        help="runner backend (default: eager for fp32, the fastest for bf16, openvino for int8)",
+    )
+    p.add_argument("--calibration", help="int8: image folder to calibrate on (the model's own transform)")
+    p.add_argument("--quantized", help="int8: an existing file from `fasternet quantize` (checked against the model)")
+    p.add_argument("--samples", type=int, default=300, help="int8: calibration images")
+    p.add_argument("--preset", choices=["accuracy", "performance"], default="accuracy", help="int8 preset")
+    p.add_argument("--threads", type=int, help="CPU threads of the runner")
     p.add_argument("--json", action="store_true", help="last line: JSON with top1, top5, images")
 
     p = add("predict", cmd_predict, "top-k classes of image files")
@@ -388,6 +483,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("images", nargs="+", help="image files")
+
+    p = add("quantize", cmd_quantize, "INT8 post-training quantization (NNCF for OpenVINO, or onnxruntime)")
+    p.add_argument("checkpoint", help="checkpoint path or URL")
+    p.add_argument("--data", required=True, help="calibration image folder (or a root with val/)")
+    p.add_argument("-o", "--output", required=True, help="output: .xml (openvino) or .onnx (onnxruntime)")
+    p.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino", help="quantization tool")
+    p.add_argument("--samples", type=int, default=300, help="calibration images")
+    p.add_argument(
+        "--preset",
+        choices=["accuracy", "performance"],
+        default="accuracy",
+        help="accuracy: asymmetric activations; performance: symmetric",
+    )
+    p.add_argument("--keep-fp32", help="comma-separated parts left in fp32: stem, head")
+    p.add_argument("--model", help="variant name (needed only when the checkpoint does not say)")
+    p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's)")
 
     p = add("prepare", cmd_prepare, "write a dataset as an image folder tree")
     p.add_argument("dataset", choices=["fashion-mnist"], help="which dataset")

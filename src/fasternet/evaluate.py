@@ -25,6 +25,7 @@ class EvalResult:
     top5: float  # percent
     images: int
     skipped: int
+    agreement: float | None = None  # percent of images whose top-1 equals the reference model's
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,11 +65,16 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     dist_info: DistInfo | None = None,
     progress: bool = True,
+    reference: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
-    """Top-1/top-5 (percent) over a loader of ``((images, labels), skipped)`` batches."""
+    """Top-1/top-5 (percent) over a loader of ``((images, labels), skipped)`` batches.
+
+    With ``reference`` (e.g. the fp32 model when ``model`` is an INT8 runner), also the share of
+    images on which both give the same top-1 class.
+    """
     if isinstance(model, torch.nn.Module):
         model.eval()
-    correct1 = correct5 = seen = skipped = 0
+    correct1 = correct5 = seen = skipped = agree = 0
     mapping = torch.tensor(label_map, device=device) if label_map is not None else None
     for batch, failed in tqdm(loader, desc="eval", leave=False, disable=not progress):
         skipped += failed
@@ -80,6 +86,8 @@ def evaluate(
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(images)
         top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+        if reference is not None:
+            agree += int((reference(images).float().argmax(dim=1) == top5[:, 0]).sum())
         hits = top5 == labels.view(-1, 1)
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
@@ -92,7 +100,8 @@ def evaluate(
         raise ValueError("no image could be evaluated (all unreadable?)")
     if skipped:
         logger.warning("%d unreadable images were skipped", skipped)
-    return EvalResult(100.0 * correct1 / seen, 100.0 * correct5 / seen, seen, skipped)
+    agreement = 100.0 * agree / seen if reference is not None else None
+    return EvalResult(100.0 * correct1 / seen, 100.0 * correct5 / seen, seen, skipped, agreement)
 
 
 def make_eval_loader(folder: ImageFolder, *, batch_size: int, workers: int, sampler=None):

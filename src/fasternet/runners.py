@@ -37,7 +37,7 @@ from fasternet.models import FasterNet
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "cpu_name", "runner"]
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")  # torch-compile compiles for minutes: opt-in only
 # The PConv form each engine runs fastest (benchmarks/pconv_forms.py; T0 batch 1, 2 threads): eager
 # torch pays per operator and prefers one concat to two 1x1 convolutions; the graph compilers
@@ -74,6 +74,8 @@ def cpu_has_bf16() -> bool:
 def _check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type != "cpu":
+        raise UnsupportedPrecisionError("INT8 runs on the CPU (OpenVINO or onnxruntime) here")
     if precision == "bf16":
         if device.type == "cuda":
             if not torch.cuda.is_bf16_supported():
@@ -103,6 +105,7 @@ class Runner:
         self.threads = threads
         self.device = device
         self.features_only = features_only
+        self.metadata: dict[str, Any] = {}  # what an INT8 file records about its source model
         self._call = call
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -146,7 +149,7 @@ def _onnxruntime_call(
     model: DeployedFasterNet, precision: str, input_size: Sequence[int], threads: int | None, onnx_path: Path | None
 ) -> Callable:
     ort = require("onnxruntime")
-    if precision != "fp32":
+    if precision == "bf16":
         raise UnsupportedPrecisionError("onnxruntime's CPU provider has no bf16 kernels; use openvino or torch")
     if onnx_path is None:
         from fasternet.export import export
@@ -180,7 +183,8 @@ def _openvino_call(
     ov = require("openvino")
     core = ov.Core()
     config = {
-        "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        # INT8 files keep their unquantized operations in f32 (pinned: OpenVINO would pick bf16).
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": "1",
     }
@@ -312,6 +316,22 @@ def runner(
     device = torch.device(device)
     input_size = tuple(int(v) for v in input_size)
     _check_precision(precision, device)
+    from fasternet.quantize import QuantizedModel, load_quantized
+
+    if precision == "int8" or isinstance(model, QuantizedModel):
+        if isinstance(model, (FasterNet, DeployedFasterNet)):
+            raise ValueError(
+                "INT8 needs calibration: q = fasternet.quantize(model, calibration_images); "
+                "fasternet.runner(q, precision='int8')"
+            )
+        quantized = model if isinstance(model, QuantizedModel) else load_quantized(model)
+        if precision != "int8":
+            raise ValueError(f"{quantized.path.name} is an INT8 model: run it with precision='int8'")
+        if backend not in ("auto", quantized.backend):
+            raise ValueError(f"{quantized.path.name} runs with {quantized.backend}, not {backend!r}")
+        run = _runner_for_file(quantized.path, quantized.backend, "int8", quantized.input_size, threads, device)
+        run.metadata = quantized.metadata
+        return run
     if isinstance(model, (str, os.PathLike)) and Path(model).suffix in (".onnx", ".xml"):
         return _runner_for_file(Path(model), backend, precision, input_size, threads, device)
     if isinstance(model, (str, os.PathLike)):
