@@ -51,7 +51,7 @@ def test_deploy_equivalence_for_every_variant_on_odd_sizes(name, features_only):
         assert relative_error(actual, expected) < 1e-5
 
 
-@pytest.mark.parametrize("form", ["split", "concat"])
+@pytest.mark.parametrize("form", ["split", "concat", "dense"])
 def test_deployed_forms_and_layer_scale(form):
     model = tiny(layer_scale_init_value=0.5)
     with torch.no_grad():

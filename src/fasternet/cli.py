@@ -103,11 +103,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if not (backend in bench.BASELINES and args.device != "cpu")
     ]
     say = (lambda m: None) if args.json else (lambda m: print(f"... {m}", file=sys.stderr))
-    rows, skipped = bench.run_benchmark(configs, rounds=args.rounds, progress=say)
+    rows, skipped = bench.run_benchmark(
+        configs, rounds=args.rounds, progress=say, calibration=args.calibration, calibration_samples=args.samples
+    )
     peaks: dict[str, float] = {}
     peak_detail: dict[str, dict[str, float]] = {}
     if args.device == "cpu":
-        for precision in sorted({r.config.precision for r in rows}):
+        for precision in sorted({r.config.precision for r in rows} - {"int8"}):  # no int8 GEMM reference here
             say(f"measuring the {precision} GEMM peak")
             peak_detail[precision] = bench.gemm_peak(threads, precision)
             peaks[precision] = max(peak_detail[precision].values())
@@ -128,7 +130,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"# {bench.machine_description(args.device)}")
         for precision, detail in peak_detail.items():
             engines = ", ".join(f"{k} {v:.0f}" for k, v in detail.items())
-            print(f"# GEMM peak {precision} (1024^3, GFLOP/s): {engines}; best {peaks[precision]:.0f}")
+            print(f"# GEMM peak {precision} (best of 1024^3, 2048^3; GFLOP/s): {engines}; best {peaks[precision]:.0f}")
         print(bench.format_rows(rows, peaks))
         for reason in skipped:
             print(f"# skipped: {reason}")
@@ -375,7 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="torch,onnxruntime,openvino",
         help="comma-separated: torch, torch-compile, onnxruntime, openvino",
     )
-    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (skipped where unsupported)")
+    p.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="comma-separated: fp32, bf16, int8 (skipped where unsupported; int8 needs --calibration)",
+    )
     p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     p.add_argument("--image-size", type=int, default=224, help="input height and width")
@@ -392,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the official-computation baselines (eager, onnxruntime, openvino)",
     )
+    p.add_argument("--calibration", help="int8: image folder to calibrate on")
+    p.add_argument("--samples", type=int, default=64, help="int8: calibration images")
     p.add_argument("--peers", action="store_true", help="also time timm's models (when timm is importable)")
     p.add_argument("--plot", help="write a PNG of latency against MACs (needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

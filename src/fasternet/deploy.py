@@ -24,7 +24,7 @@ from fasternet.models import FasterNet, FasterNetBlock
 
 __all__ = ["DeployedBlock", "DeployedFasterNet", "PCONV_FORMS", "deploy", "fold_bn"]
 
-PCONV_FORMS = ("split", "concat")
+PCONV_FORMS = ("split", "concat", "dense")
 
 
 @torch.no_grad()
@@ -69,6 +69,26 @@ class DeployedBlock(nn.Module):
                 self.project.weight.mul_(block.layer_scale.view(-1, 1, 1, 1))
             if form == "concat":
                 self.expand = expand
+            elif form == "dense":  # no slicing at all: zero weights stand in for the untouched channels
+                dim, hidden = pconv.dim, expand.out_channels
+                device, dtype = expand.weight.device, expand.weight.dtype
+                self.partial_conv = nn.Conv2d(
+                    dim,
+                    self.dim_conv,
+                    pconv.partial_conv3.kernel_size,
+                    padding=pconv.partial_conv3.padding,
+                    bias=False,
+                    device=device,
+                    dtype=dtype,
+                )
+                self.partial_conv.weight.zero_()
+                self.partial_conv.weight[:, : self.dim_conv] = pconv.partial_conv3.weight
+                self.expand_conv = nn.Conv2d(self.dim_conv, hidden, 1, bias=False, device=device, dtype=dtype)
+                self.expand_conv.weight.copy_(expand.weight[:, : self.dim_conv])
+                self.expand_rest = nn.Conv2d(dim, hidden, 1, bias=True, device=device, dtype=dtype)
+                self.expand_rest.weight.zero_()
+                self.expand_rest.weight[:, self.dim_conv :] = expand.weight[:, self.dim_conv :]
+                self.expand_rest.bias.copy_(expand.bias)
             else:
                 hidden = expand.out_channels
                 device, dtype = expand.weight.device, expand.weight.dtype
@@ -82,6 +102,8 @@ class DeployedBlock(nn.Module):
         x_conv, x_rest = x[:, : self.dim_conv], x[:, self.dim_conv :]
         if self.form == "concat":
             h = self.expand(torch.cat((self.partial_conv(x_conv), x_rest), dim=1))
+        elif self.form == "dense":
+            h = self.expand_conv(self.partial_conv(x)) + self.expand_rest(x)
         else:
             h = self.expand_conv(self.partial_conv(x_conv)) + self.expand_rest(x_rest)
         return x + self.project(self.act(h))
@@ -142,7 +164,9 @@ def deploy(model: FasterNet, *, form: str = "split") -> DeployedFasterNet:
     """An inference-only copy of ``model`` (classifier or features_only) with the same outputs.
 
     ``form`` picks how the partial convolution is computed: "split" (default: the next 1x1
-    weight split by channels, no copy) or "concat" (the official computation, BN folded).
+    weight split by channels, no copy), "concat" (the official computation, BN folded) or
+    "dense" (no channel slicing at all: the partial conv and the 1x1 read every channel, with
+    zero weights for the ones they must not see; more MACs, but INT8 engines run it fastest).
     """
     if isinstance(model, DeployedFasterNet):
         return model

@@ -77,8 +77,10 @@ def _calibration_batches(
             folder = ImageFolder(evaluation_folder(calibration), transform=transform)
         except (FileNotFoundError, ValueError) as error:
             raise QuantizationError(f"calibration data: {error}") from None
+        # A fixed random subset: the folder is sorted by class, and its first images are one class.
+        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[: 2 * samples].tolist()
         calibration = torch.utils.data.DataLoader(
-            folder, batch_size=1, shuffle=False, collate_fn=collate_skipping_failures
+            torch.utils.data.Subset(folder, order), batch_size=1, shuffle=False, collate_fn=collate_skipping_failures
         )
     images: list[torch.Tensor] = []
     skipped = 0
@@ -159,7 +161,9 @@ def quantize(
     settings = dict(settings or {})
     image_size = settings.get("image_size", 224)
     input_size = tuple(input_size or (1, model.in_chans, image_size, image_size))
-    deployed = deploy(model, form="split") if isinstance(model, FasterNet) else model
+    # The "dense" form has no channel slicing: sliced INT8 tensors cost OpenVINO reference-path
+    # copies, more than the zero-weight MACs (benchmarks/results/int8_forms.txt).
+    deployed = deploy(model, form="dense") if isinstance(model, FasterNet) else model
     if deployed.features_only:
         raise ValueError("quantize() takes a classifier; a features_only model has no accuracy to keep")
     images = _calibration_batches(calibration, input_size, samples, settings)
@@ -193,7 +197,8 @@ def _quantize_openvino(deployed, images, input_size, preset, keep_fp32, path, me
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        source = ov.convert_model(deployed, example_input=torch.zeros(input_size))
+        shape = ov.PartialShape([-1, *input_size[1:]])  # any batch: calibration feeds one image at a time
+        source = ov.convert_model(deployed, example_input=torch.zeros(input_size), input=[shape])
     names = [op.get_friendly_name() for op in source.get_ordered_ops()]
     ignored = _ignored_nodes(names, keep_fp32)
     dataset = nncf.Dataset(images, lambda x: x.numpy())
@@ -215,7 +220,7 @@ def _quantize_onnxruntime(deployed, images, input_size, preset, keep_fp32, path,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export(deployed, Path(tmp) / "fp32.onnx", format="onnx", input_size=input_size, dynamic_batch=False)
+        fp32 = export(deployed, Path(tmp) / "fp32.onnx", format="onnx", input_size=input_size, dynamic_batch=True)
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
