@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,11 +16,23 @@ from imagetools import make_dataset
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
+def run_group(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group, and kill the whole group if it hangs."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {' '.join(command)}\n{stderr[-3000:]}") from None
+    assert process.returncode == 0, stderr[-4000:]
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=ENV)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+    return run_group([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args])
 
 
 def test_distributed_batchnorm_equals_one_batchnorm_over_the_global_batch(tmp_path):
@@ -91,14 +104,7 @@ def test_ddp_training_agrees_with_a_single_process_on_the_same_global_batch(tmp_
         "0",
         "--no-progress",
     ]
-    single = subprocess.run(
-        [sys.executable, "-m", "fasternet", *args, "--output", str(tmp_path / "single")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=ENV,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    run_group([sys.executable, "-m", "fasternet", *args, "--output", str(tmp_path / "single")])
     torchrun("-m", "fasternet", *args, "--output", str(tmp_path / "ddp"))
 
     logs = [json.loads((tmp_path / run / "log.jsonl").read_text()) for run in ("single", "ddp")]

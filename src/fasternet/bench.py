@@ -94,6 +94,7 @@ def _interleaved(
     rounds: int,
     per_round: int,
     warmup: int,
+    settle: int = 3,
     synchronize: Callable[[], None] = lambda: None,
 ) -> dict[Any, list[float]]:
     for call in calls.values():
@@ -103,6 +104,9 @@ def _interleaved(
     times: dict[Any, list[float]] = {key: [] for key in calls}
     for _ in range(rounds):
         for key, call in calls.items():
+            for _ in range(settle):  # untimed: let the previous engine's threads go idle, wake this one's
+                call()
+            synchronize()
             for _ in range(per_round):
                 start = time.perf_counter()
                 call()
