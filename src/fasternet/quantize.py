@@ -120,15 +120,21 @@ def _iterate(source: Any) -> Iterator[Any]:
     yield from source
 
 
-def _ignored_nodes(names: Iterable[str], keep_fp32: tuple[str, ...]) -> list[str]:
-    """Graph nodes of the stem and/or the head, found by the module names the exporters keep."""
+def _ignored_nodes(nodes: Iterable[tuple[str, str]], keep_fp32: tuple[str, ...]) -> list[str]:
+    """Names of the graph nodes of the stem and/or the head, by the module path each node records."""
     wanted = []
-    for name in names:
-        if "stem" in keep_fp32 and "stem" in name:
+    for name, scope in nodes:
+        if "stem" in keep_fp32 and "stem" in scope:
             wanted.append(name)
-        if "head" in keep_fp32 and any(part in name for part in ("conv_head", "classifier")):
+        if "head" in keep_fp32 and any(part in scope for part in ("conv_head", "classifier")):
             wanted.append(name)
     return wanted
+
+
+def _onnx_scope(node) -> str:
+    """The PyTorch module path the exporter wrote into an ONNX node's metadata."""
+    props = {p.key: p.value for p in node.metadata_props}
+    return props.get("pkg.torch.onnx.name_scopes", props.get("namespace", node.name))
 
 
 def quantize(
@@ -200,7 +206,7 @@ def _quantize_openvino(deployed, images, input_size, preset, keep_fp32, path, me
         shape = ov.PartialShape([-1, *input_size[1:]])  # any batch: calibration feeds one image at a time
         source = ov.convert_model(deployed, example_input=torch.zeros(input_size), input=[shape])
     names = [op.get_friendly_name() for op in source.get_ordered_ops()]
-    ignored = _ignored_nodes(names, keep_fp32)
+    ignored = _ignored_nodes(((name, name) for name in names), keep_fp32)
     dataset = nncf.Dataset(images, lambda x: x.numpy())
     quantized = nncf.quantize(
         source,
@@ -225,7 +231,10 @@ def _quantize_onnxruntime(deployed, images, input_size, preset, keep_fp32, path,
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
         input_name = graph.graph.input[0].name
-        ignored = _ignored_nodes([node.name for node in graph.graph.node], keep_fp32)
+        scopes = {node.name: _onnx_scope(node) for node in onnx.load(str(fp32)).graph.node}
+        ignored = _ignored_nodes(((n.name, scopes.get(n.name, n.name)) for n in graph.graph.node), keep_fp32)
+        if keep_fp32 and not ignored:
+            raise QuantizationError(f"could not find the {'/'.join(keep_fp32)} nodes in the exported graph")
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
