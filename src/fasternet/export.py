@@ -37,7 +37,10 @@ def require(module: str):
         return __import__(module)
     except ImportError:
         package = _EXTRAS.get(module, module)
-        raise ImportError(f"this needs {package}: pip install 'fasternet[deploy]' (or pip install {package})") from None
+        extra = "gpu" if module == "triton" else "deploy"
+        raise ImportError(
+            f"this needs {package}: pip install 'fasternet[{extra}]' (or pip install {package})"
+        ) from None
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

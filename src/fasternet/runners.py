@@ -36,13 +36,19 @@ from fasternet.models import FasterNet
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "cpu_name", "runner"]
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "triton")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")  # torch-compile compiles for minutes: opt-in only
 # The PConv form each engine runs fastest (benchmarks/pconv_forms.py; T0 batch 1, 2 threads): eager
 # torch pays per operator and prefers one concat to two 1x1 convolutions; the graph compilers
 # prefer the split weight (no copy). A model that is already deployed keeps its form.
-PREFERRED_FORM = {"torch": "concat", "torch-compile": "split", "onnxruntime": "concat", "openvino": "split"}
+PREFERRED_FORM = {
+    "torch": "concat",
+    "torch-compile": "split",
+    "onnxruntime": "concat",
+    "openvino": "split",
+    "triton": "split",
+}
 
 
 class UnsupportedPrecisionError(RuntimeError):
@@ -76,6 +82,8 @@ def _check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and device.type != "cpu":
         raise UnsupportedPrecisionError("INT8 runs on the CPU (OpenVINO or onnxruntime) here")
+    if precision == "fp16" and device.type != "cuda":
+        raise UnsupportedPrecisionError("fp16 runners are for CUDA devices; on a CPU use bf16 or fp32")
     if precision == "bf16":
         if device.type == "cuda":
             if not torch.cuda.is_bf16_supported():
@@ -278,6 +286,13 @@ def _build(
 ) -> Callable:
     if backend in ("torch", "torch-compile"):
         return _torch_call(deployed, precision, device, threads, compile_model=backend == "torch-compile")
+    if backend == "triton":
+        if device.type != "cuda":
+            raise ValueError("backend 'triton' runs the fused block kernel on CUDA devices; use device='cuda'")
+        require("triton")
+        from fasternet.kernels.block import fuse_blocks
+
+        return _torch_call(fuse_blocks(copy.deepcopy(deployed)), precision, device, threads, compile_model=False)
     if device.type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU here; use backend='torch' for {device}")
     if backend == "onnxruntime":

@@ -1,0 +1,1 @@
+"""Custom kernels: the fused FasterNet block (Triton on CUDA, a torch reference elsewhere)."""

@@ -1,0 +1,114 @@
+"""The fused FasterNet block as a PyTorch custom operator, usable on any device.
+
+``torch.ops.fasternet.fused_block`` runs the Triton kernel on CUDA tensors and the pure-torch
+reference of the same computation elsewhere; its fake (meta) implementation lets
+``torch.compile(fullgraph=True)`` trace through it. (``torch.library.triton_op`` breaks
+``torch.compile`` on CPU; ``custom_op`` with a per-device kernel does not.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fasternet.deploy import DeployedBlock, DeployedFasterNet, deploy
+from fasternet.models import FasterNet
+
+__all__ = ["FusedBlock", "fuse_blocks", "fused_block_reference", "pack_block"]
+
+
+def fused_block_reference(
+    x: torch.Tensor,
+    pconv_weight: torch.Tensor,
+    expand_conv_weight: torch.Tensor,
+    expand_rest_weight: torch.Tensor,
+    expand_bias: torch.Tensor,
+    project_weight: torch.Tensor,
+    act: str,
+) -> torch.Tensor:
+    """The block computed with plain torch ops from the packed weights (fp32 accumulation)."""
+    cp, hid = expand_conv_weight.shape
+    xf = x.float()
+    taps = pconv_weight.float().reshape(3, 3, cp, cp).permute(3, 2, 0, 1)  # (out, in, kh, kw)
+    p = F.conv2d(xf[:, :cp], taps, padding=1).to(x.dtype).float()
+    hidden = F.conv2d(p, expand_conv_weight.float().t()[:, :, None, None])
+    hidden = hidden + F.conv2d(xf[:, cp:], expand_rest_weight.float().t()[:, :, None, None])
+    hidden = hidden + expand_bias.float()[None, :, None, None]
+    hidden = F.relu(hidden) if act == "relu" else F.gelu(hidden)
+    out = xf + F.conv2d(hidden.to(x.dtype).float(), project_weight.float().t()[:, :, None, None])
+    return out.to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("fasternet::fused_block", mutates_args=())
+def fused_block(
+    x: torch.Tensor,
+    pconv_weight: torch.Tensor,
+    expand_conv_weight: torch.Tensor,
+    expand_rest_weight: torch.Tensor,
+    expand_bias: torch.Tensor,
+    project_weight: torch.Tensor,
+    act: str,
+) -> torch.Tensor:
+    return fused_block_reference(
+        x, pconv_weight, expand_conv_weight, expand_rest_weight, expand_bias, project_weight, act
+    )
+
+
+@fused_block.register_kernel("cuda")
+def _fused_block_cuda(x, pconv_weight, expand_conv_weight, expand_rest_weight, expand_bias, project_weight, act):
+    from fasternet.kernels.triton_block import launch_block  # Triton is imported only on a GPU
+
+    return launch_block(x, pconv_weight, expand_conv_weight, expand_rest_weight, expand_bias, project_weight, act)
+
+
+@fused_block.register_fake
+def _fused_block_fake(x, pconv_weight, expand_conv_weight, expand_rest_weight, expand_bias, project_weight, act):
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+def pack_block(block: DeployedBlock) -> dict[str, torch.Tensor]:
+    """A split-form deployed block's weights in the kernel's layouts (see ``launch_block``)."""
+    if block.form != "split":
+        raise ValueError(f"the fused kernel takes split-form blocks, not {block.form!r}")
+    cp = block.dim_conv
+    return {
+        "pconv_weight": block.partial_conv.weight.detach().permute(2, 3, 1, 0).reshape(9, cp, cp).contiguous(),
+        "expand_conv_weight": block.expand_conv.weight.detach()[:, :, 0, 0].t().contiguous(),
+        "expand_rest_weight": block.expand_rest.weight.detach()[:, :, 0, 0].t().contiguous(),
+        "expand_bias": block.expand_rest.bias.detach().contiguous(),
+        "project_weight": block.project.weight.detach()[:, :, 0, 0].t().contiguous(),
+    }
+
+
+class FusedBlock(nn.Module):
+    """A deployed block that runs as one ``fasternet::fused_block`` call."""
+
+    def __init__(self, block: DeployedBlock) -> None:
+        super().__init__()
+        if isinstance(block.act, nn.ReLU):
+            self.act = "relu"
+        elif isinstance(block.act, nn.GELU) and block.act.approximate == "none":
+            self.act = "gelu"
+        else:
+            raise ValueError(f"the fused kernel implements ReLU and GELU, not {type(block.act).__name__}")
+        for name, tensor in pack_block(block).items():
+            self.register_buffer(name, tensor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.fasternet.fused_block(
+            x.contiguous(memory_format=torch.channels_last), self.pconv_weight, self.expand_conv_weight,
+            self.expand_rest_weight, self.expand_bias, self.project_weight, self.act,
+        )  # fmt: skip
+
+
+def fuse_blocks(model: FasterNet | DeployedFasterNet) -> DeployedFasterNet:
+    """A deployed model whose blocks are fused-kernel calls (channels-last activations)."""
+    deployed = deploy(model, form="split") if isinstance(model, FasterNet) else model
+    if deployed.form != "split":
+        raise ValueError("fuse_blocks() needs the split form: deploy(model, form='split')")
+    for stage in deployed.stages:
+        for i, layer in enumerate(stage):
+            if isinstance(layer, DeployedBlock):
+                stage[i] = FusedBlock(layer)
+    return deployed.to(memory_format=torch.channels_last)
