@@ -419,33 +419,54 @@ PEERS = (
 
 
 def peer_rows(
-    names: Sequence[str], batches: Sequence[int], threads: int | None, image_size: int, device: str, rounds: int
+    batches: Sequence[int],
+    threads: int | None,
+    image_size: int,
+    device: str,
+    rounds: int,
+    precisions: Sequence[str] = ("fp32",),
 ) -> list[BenchRow] | str:
-    """timm's models (the paper's peers and timm's own FasterNet port), eager, same protocol."""
+    """timm's models (the paper's peers and timm's own FasterNet port) through the same protocol.
+
+    On CPUs: eager fp32. On GPUs: eager with autocast in each precision, and timm's FasterNets
+    under torch.compile too (what the fused kernel is measured against).
+    """
     try:
         import timm
     except Exception as error:  # timm needs torchvision, which a CPU-only torch may not have
         return f"timm is not importable here ({type(error).__name__}: {str(error).splitlines()[0][:80]}); skipped"
     from torch.utils.flop_counter import FlopCounterMode
 
+    cuda = device.startswith("cuda")
+    dtypes = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
     calls, info = {}, {}
     for name in PEERS:
+        model = timm.create_model(name, pretrained=False).eval().to(device)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model(torch.randn(1, 3, image_size, image_size, device=device))
+        stats = (sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2)
+        variants = [("timm-eager", model)]
+        if cuda and name.startswith("fasternet"):
+            variants.append(("timm-compile", torch.compile(model)))
         for batch in batches:
-            model = timm.create_model(name, pretrained=False).eval().to(device)
             x = torch.randn(batch, 3, image_size, image_size, device=device)
-            with FlopCounterMode(display=False) as counter, torch.inference_mode():
-                model(x[:1])
-            config = Config(f"timm:{name}", "timm-eager", "fp32", batch, threads, image_size, device)
+            for precision in precisions if cuda else ("fp32",):
+                dtype = dtypes[precision]
+                for backend, runnable in variants:
+                    config = Config(f"timm:{name}", backend, precision, batch, threads, image_size, device)
 
-            def call(model=model, x=x):
-                if threads is not None and torch.get_num_threads() != threads:
-                    torch.set_num_threads(threads)
-                with torch.inference_mode():
-                    return model(x)
+                    def call(runnable=runnable, x=x, dtype=dtype):
+                        if threads is not None and torch.get_num_threads() != threads:
+                            torch.set_num_threads(threads)
+                        with (
+                            torch.inference_mode(),
+                            torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None),
+                        ):
+                            return runnable(x)
 
-            calls[config] = call
-            info[config] = (sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+                    calls[config] = call
+                    info[config] = stats
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = _interleaved(calls, rounds=rounds, per_round=10, warmup=3, synchronize=sync)
     return [BenchRow(config, *info[config], t) for config, t in times.items()]
 

@@ -113,7 +113,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
             say(f"measuring the {precision} GEMM peak")
             peak_detail[precision] = bench.gemm_peak(threads, precision)
             peaks[precision] = max(peak_detail[precision].values())
-    peers = bench.peer_rows(names, batches, threads, args.image_size, args.device, args.rounds) if args.peers else None
+    peers = (
+        bench.peer_rows(batches, threads, args.image_size, args.device, args.rounds, precisions) if args.peers else None
+    )
     if args.json:
         print(
             json.dumps(
@@ -122,7 +124,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                     "gemm_peak_gflops": peak_detail,
                     "rows": [r.to_dict(peaks.get(r.config.precision)) for r in rows],
                     "skipped": skipped,
-                    "peers": peers,
+                    "peers": peers if peers is None or isinstance(peers, str) else [r.to_dict() for r in peers],
                 }
             )
         )
