@@ -24,13 +24,10 @@ import json
 import logging
 import math
 import os
-import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -49,6 +46,7 @@ from fasternet.data import (
 from fasternet.distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm, init_distributed
 from fasternet.evaluate import evaluate, make_eval_loader
 from fasternet.models import create_model, get_variant
+from fasternet.runstate import atomic_torch_save, atomic_write_text, rng_state, seed_epoch, set_rng_state
 
 __all__ = ["RECIPES", "Recipe", "TrainConfig", "lr_at_epoch", "train"]
 
@@ -198,61 +196,6 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """All randomness of an epoch (drop path, mixup) derives from (seed, epoch, rank)."""
-    derived = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-    torch.manual_seed(derived)
-    np.random.seed(derived)
-    random.seed(derived)
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -327,7 +270,7 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_top1 = state["epoch"], state["best_top1"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if log_path.exists():
             history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
             history = [h for h in history if h["epoch"] < start_epoch]
@@ -367,7 +310,7 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
     record: dict[str, Any] = history[-1] if history else {}
     for epoch in range(start_epoch, s["epochs"]):
         started = time.perf_counter()
-        _seed_epoch(s["seed"], epoch, info.rank)
+        seed_epoch(s["seed"], epoch, info.rank)
         size = image_size_at_epoch(epoch, s)
         sampler.set_epoch(epoch, size)
         lr = optimizer.param_groups[0]["lr"]
@@ -445,7 +388,7 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
                     "std": json.dumps(s["std"]),
                 }
                 save_checkpoint(model, best_path, class_names=train_set.classes, metadata=meta)
-            _atomic_torch_save(
+            atomic_torch_save(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -455,11 +398,11 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
                     "best_top1": best_top1,
                     "settings": s,
                     "classes": train_set.classes,
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                 },
                 last_path,
             )
-            _atomic_write_text("".join(json.dumps(h) + "\n" for h in history), log_path)
+            atomic_write_text("".join(json.dumps(h) + "\n" for h in history), log_path)
             if skipped:
                 logger.warning("epoch %d: %d unreadable training images skipped", epoch + 1, int(skipped))
             logger.info(

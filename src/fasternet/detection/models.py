@@ -100,7 +100,9 @@ class MMDetAnchorGenerator(AnchorGenerator):
         scales: tuple[float, ...] = (8.0,),
         ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
     ) -> None:
-        super().__init__(tuple(tuple(stride * s for s in scales) for stride in strides), (tuple(ratios),) * len(strides))
+        super().__init__(
+            tuple(tuple(stride * s for s in scales) for stride in strides), (tuple(ratios),) * len(strides)
+        )
         self.strides = tuple(strides)
         self.scales = tuple(scales)
         self.ratios = tuple(ratios)
