@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fasternet import checkpoints, hub, models
@@ -328,11 +329,99 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from fasternet.data import FASHION_MNIST_SOURCE, prepare_fashion_mnist
 
+    if args.dataset in ("trees", "nuclei"):
+        from fasternet.detection import data as detection_data
+
+        if not args.source:
+            wheel = "deepforest==2.1.0" if args.dataset == "trees" else "stardist==0.9.2"
+            raise ValueError(
+                f"--source is needed: the folder or the wheel holding the files (pip download {wheel} --no-deps)"
+            )
+        prepare = detection_data.prepare_trees if args.dataset == "trees" else detection_data.prepare_nuclei
+        out = prepare(args.output, source=args.source)
+        print(f"wrote {out}/train.json, {out}/val.json and {out}/images")
+        return
     if args.dataset == "fashion-mnist":
         out = prepare_fashion_mnist(
             args.output, source=args.source or FASHION_MNIST_SOURCE, train=args.train, val=args.val
         )
         print(f"wrote {out}/train and {out}/val")
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from fasternet.detection import io as detection_io
+
+    if args.detect_command == "train":
+        from fasternet.detection.train import DetectionTrainConfig, train_detector
+
+        fields = {f.name for f in dataclasses.fields(DetectionTrainConfig)}
+        values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+        values["lr_steps"] = tuple(int(v) for v in _split(args.lr_steps))
+        train_detector(DetectionTrainConfig(**values))
+        return
+    model = detection_io.load_detector(args.checkpoint)
+    if args.detect_command == "eval":
+        from fasternet.detection.data import CocoDetection
+        from fasternet.detection.train import evaluate_detector
+
+        dataset = CocoDetection(
+            Path(args.data) / f"{args.split}.json", masks=model.fasternet_config["arch"] == "maskrcnn"
+        )
+        metrics = evaluate_detector(model, dataset, device=torch.device("cpu"), progress=not args.json)
+        summary = "  ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k.endswith(("_ap", "_ap50"))
+        )
+        print(f"{summary}  on {metrics['images']} images")
+        if args.json:
+            print(json.dumps(metrics))
+        return
+    from fasternet.data import load_image
+    from fasternet.detection.visualize import draw_detections
+
+    names = model.class_names or [str(i) for i in range(1, model.fasternet_config["num_classes"] + 1)]
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except Exception as error:
+            raise ValueError(f"cannot read image {path}: {error}") from None
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+        with torch.no_grad():
+            output = model([x])[0]
+        keep = output["scores"] >= args.score_threshold
+        detections = [
+            {"class": names[int(label) - 1], "score": float(score), "box": [round(float(v), 1) for v in box]}
+            for box, score, label in zip(
+                output["boxes"][keep], output["scores"][keep], output["labels"][keep], strict=True
+            )
+        ]
+        if args.json:
+            print(json.dumps({"image": str(path), "detections": detections}))
+        else:
+            print(f"{path}: {len(detections)} detections")
+            for d in detections[:20]:
+                print(f"  {d['score']:.3f}  {d['class']:<16} {d['box']}")
+        if args.save_vis:
+            masks = output["masks"][keep][:, 0] >= 0.5 if "masks" in output else None
+            out = Path(args.save_vis) / (Path(path).stem + "_detections.png")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            drawing = draw_detections(
+                image, output["boxes"][keep], output["labels"][keep], output["scores"][keep], names, masks
+            )
+            drawing.save(out)
+            print(f"  drew {out}")
+
+
+def cmd_convert_mmdet(args: argparse.Namespace) -> None:
+    from fasternet.detection.io import save_detector
+    from fasternet.detection.mmdet import load_mmdet
+
+    model = load_mmdet(args.checkpoint)
+    path = save_detector(model, args.output)
+    config = model.fasternet_config
+    print(
+        f"wrote {path}: {config['arch']}, {config['num_classes']} classes, backbone embed_dim "
+        f"{config['backbone']['embed_dim']} depths {config['backbone']['depths']}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -511,11 +600,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's)")
 
     p = add("prepare", cmd_prepare, "write a dataset as an image folder tree")
-    p.add_argument("dataset", choices=["fashion-mnist"], help="which dataset")
+    p.add_argument(
+        "dataset",
+        choices=["fashion-mnist", "trees", "nuclei"],
+        help="fashion-mnist (image folders); trees, nuclei (COCO detection sets)",
+    )
     p.add_argument("output", help="output folder (train/ and val/ are created in it)")
     p.add_argument("--train", type=int, help="number of training images (default: all)")
     p.add_argument("--val", type=int, help="number of validation images (default: all)")
-    p.add_argument("--source", help="folder with the original files (default: Debian's package location)")
+    p.add_argument(
+        "--source",
+        help="folder (or wheel, for trees/nuclei) with the original files "
+        "(fashion-mnist default: Debian's package location)",
+    )
+
+    p = add("detect", cmd_detect, "object detection and instance segmentation (needs torchvision)")
+    detect = p.add_subparsers(dest="detect_command", required=True, metavar="DETECT_COMMAND")
+    d = detect.add_parser(
+        "train",
+        help="train a detector on COCO-format data (train.json, val.json)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d.add_argument("--data", required=True, help="folder with train.json, val.json and the images")
+    d.add_argument("--output", required=True, help="run folder: last.pt, best.safetensors, log.jsonl")
+    d.add_argument("--arch", choices=["maskrcnn", "fasterrcnn", "retinanet", "fcos"], default="maskrcnn")
+    d.add_argument("--backbone", default="fasternet_s", help="FasterNet variant")
+    d.add_argument("--pretrained-backbone", help="backbone checkpoint (any layout)")
+    d.add_argument("--trainable-stages", type=int, default=4, help="backbone stages trained (0-4)")
+    d.add_argument("--epochs", type=int, default=12)
+    d.add_argument("--batch-size", type=int, default=2, help="images per process")
+    d.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
+    d.add_argument("--weight-decay", type=float, default=1e-4)
+    d.add_argument("--lr-steps", default="8,11", help="epochs after which the lr is divided by 10")
+    d.add_argument("--warmup-iters", type=int, default=500, help="linear warm-up iterations")
+    d.add_argument("--min-size", type=int, default=800, help="short side the images are resized to")
+    d.add_argument("--max-size", type=int, default=1333, help="longest side at most")
+    d.add_argument("--clip-grad", type=float, help="gradient-norm clipping")
+    d.add_argument("--workers", type=int, default=2, help="data loading processes")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
+    d.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    d.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    d = detect.add_parser(
+        "eval",
+        help="COCO box (and mask) AP of a detector checkpoint",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d.add_argument("--checkpoint", required=True, help="detector checkpoint (.safetensors)")
+    d.add_argument("--data", required=True, help="folder with SPLIT.json and the images")
+    d.add_argument("--split", default="val", help="which json to evaluate on")
+    d.add_argument("--json", action="store_true", help="last line: JSON with bbox_ap, bbox_ap50, segm_ap, ...")
+    d = detect.add_parser(
+        "predict",
+        help="detections on image files, optionally drawn",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d.add_argument("--checkpoint", required=True, help="detector checkpoint (.safetensors)")
+    d.add_argument("--score-threshold", type=float, default=0.5, help="lowest score shown")
+    d.add_argument("--save-vis", help="folder to write the images with boxes, masks and labels into")
+    d.add_argument("--json", action="store_true", help="one JSON line per image")
+    d.add_argument("images", nargs="+", help="image files")
+
+    p = add("convert-mmdet", cmd_convert_mmdet, "convert a released mmdet FasterNet Mask R-CNN checkpoint")
+    p.add_argument("checkpoint", help="mmdet checkpoint (.pth) path or URL")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors")
 
     p = add("download", cmd_download, "download official release checkpoints into $FASTERNET_HOME")
     p.add_argument("model", help="variant name, or 'all'")

@@ -175,6 +175,4 @@ def load_mmdet(
         raise CheckpointError(f"{origin}: the converted checkpoint lacks {', '.join(missing[:5])}")
     model.load_state_dict(state_dict, strict=False)
     model.class_names = names or [f"class_{i}" for i in range(1, info["num_classes"] + 1)]
-    model.fasternet_config["class_names"] = model.class_names
-    model.fasternet_config["mmdet_settings"] = settings
     return model.eval()

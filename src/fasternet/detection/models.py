@@ -246,6 +246,7 @@ def create_detector(
     *,
     backbone: str | dict = "fasternet_s",
     num_classes: int,
+    pretrained: bool | str = False,
     pretrained_backbone: bool | str = False,
     min_size: int = 800,
     max_size: int = 1333,
@@ -255,7 +256,8 @@ def create_detector(
 ) -> nn.Module:
     """A FasterNet detector on torchvision's detection models.
 
-    ``num_classes`` counts object classes (the background class torchvision adds is not
+    ``pretrained`` is True (the official COCO Mask R-CNN of the backbone, downloaded and cached
+    like the classification weights) or an mmdet checkpoint path/URL. ``num_classes`` counts object classes (the background class torchvision adds is not
     counted). ``backbone`` is a variant name or a FasterNet configuration dict;
     ``pretrained_backbone`` is True (the variant's ImageNet release) or a checkpoint in any
     layout :func:`fasternet.load_checkpoint` reads. ``trainable_stages`` (0-4) freezes the stem and
@@ -265,6 +267,18 @@ def create_detector(
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if pretrained:
+        from fasternet.detection.mmdet import MMDET_CHECKPOINTS, load_mmdet
+
+        if pretrained is True:
+            if arch != "maskrcnn" or backbone not in MMDET_CHECKPOINTS or num_classes != 80:
+                raise ValueError(
+                    "pretrained=True is the official COCO Mask R-CNN: arch='maskrcnn', backbone one of "
+                    f"{', '.join(MMDET_CHECKPOINTS)}, num_classes=80; for other tasks start from "
+                    "pretrained_backbone=True"
+                )
+            pretrained = MMDET_CHECKPOINTS[backbone]
+        return load_mmdet(pretrained, min_size=min_size, max_size=max_size, **torchvision_kwargs)
     if num_classes < 1:
         raise ValueError(f"num_classes counts object classes and must be >= 1, got {num_classes}")
     common = dict(min_size=min_size, max_size=max_size, **torchvision_kwargs)
@@ -308,5 +322,6 @@ def create_detector(
         "max_size": max_size,
         "trainable_stages": trainable_stages,
         "norm_eval": body.norm_eval,
+        "torchvision_kwargs": dict(torchvision_kwargs),
     }
     return model
