@@ -257,13 +257,13 @@ def create_detector(
     """A FasterNet detector on torchvision's detection models.
 
     ``pretrained`` is True (the official COCO Mask R-CNN of the backbone, downloaded and cached
-    like the classification weights) or an mmdet checkpoint path/URL. ``num_classes`` counts object classes (the background class torchvision adds is not
-    counted). ``backbone`` is a variant name or a FasterNet configuration dict;
-    ``pretrained_backbone`` is True (the variant's ImageNet release) or a checkpoint in any
-    layout :func:`fasternet.load_checkpoint` reads. ``trainable_stages`` (0-4) freezes the stem and
-    the first stages; ``norm_eval`` keeps the backbone's BN statistics fixed while training
-    (default: when the backbone is pretrained). Other keywords go to torchvision's constructor
-    (e.g. ``box_detections_per_img``, ``rpn_post_nms_top_n_test``).
+    like the classification weights) or an mmdet checkpoint path/URL. ``num_classes`` counts
+    object classes (the background class torchvision adds is not counted). ``backbone`` is a
+    variant name or a FasterNet configuration dict; ``pretrained_backbone`` is True (the
+    variant's ImageNet release) or a checkpoint in any layout :func:`fasternet.load_checkpoint`
+    reads. ``trainable_stages`` (0-4) freezes the stem and the first stages; ``norm_eval`` keeps
+    the backbone's BN statistics fixed while training (default: when the backbone is
+    pretrained). Other keywords go to torchvision's constructor (e.g. ``box_detections_per_img``).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
