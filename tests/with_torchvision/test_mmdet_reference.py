@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from paths import REFERENCE
 from torchvision.ops import box_iou
 
 from fasternet.checkpoints import CheckpointError
 from fasternet.detection.mmdet import load_mmdet
+from paths import REFERENCE
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,14 @@ def reference():
 def converted(reference):
     height, width = reference["input"].shape[-2:]
     # The reference input is already normalized and not resized: identity transform.
-    model = load_mmdet(reference["checkpoint"], min_size=height, max_size=width, image_mean=[0.0, 0.0, 0.0],
-                       image_std=[1.0, 1.0, 1.0], size_divisible=1)
+    model = load_mmdet(
+        reference["checkpoint"],
+        min_size=height,
+        max_size=width,
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
+        size_divisible=1,
+    )
     return model.eval()
 
 

@@ -216,6 +216,34 @@ class MMDetTransform(GeneralizedRCNNTransform):
         return result
 
 
+class ResNetFPN(nn.Module):
+    """torchvision's ResNet-50 under the same FPN: the baseline of the paper's Table 4.
+
+    Trainable BatchNorm (torchvision freezes it for ImageNet-pretrained weights, which cannot be
+    downloaded here; frozen BN on a randomly initialized network does not normalize anything).
+    """
+
+    def __init__(self, extra: str, trainable_stages: int) -> None:
+        super().__init__()
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+        returned = [1, 2, 3, 4] if extra == "maxpool" else [2, 3, 4]
+        blocks = LastLevelMaxPool() if extra == "maxpool" else LastLevelP6P7(2048, 256)
+        self.inner = resnet_fpn_backbone(
+            backbone_name="resnet50",
+            weights=None,
+            norm_layer=nn.BatchNorm2d,
+            trainable_layers=min(5, trainable_stages + 1),
+            returned_layers=returned,
+            extra_blocks=blocks,
+        )
+        self.out_channels = self.inner.out_channels
+        self.norm_eval = False
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.inner(x)
+
+
 def _backbone(
     backbone: str | dict,
     pretrained_backbone: bool | str,
@@ -224,6 +252,10 @@ def _backbone(
     trainable_stages: int,
     norm_eval: bool | None,
 ) -> FasterNetFPN:
+    if backbone == "resnet50":
+        if pretrained_backbone:
+            raise ValueError("the ResNet-50 baseline is built from scratch here (no downloads)")
+        return ResNetFPN(extra, trainable_stages)
     if isinstance(backbone, dict):
         body = FasterNet(**{**backbone, "features_only": True, "num_classes": 0})
     else:
@@ -316,7 +348,7 @@ def create_detector(
     )
     model.fasternet_config = {
         "arch": arch,
-        "backbone": dict(body.body.config),
+        "backbone": dict(body.body.config) if isinstance(body, FasterNetFPN) else backbone,
         "num_classes": num_classes,
         "min_size": min_size,
         "max_size": max_size,
