@@ -6,42 +6,62 @@ kill at any moment leaves either the previous file or the new one, never half of
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "rng_state", "seed_epoch", "set_rng_state"]
+__all__ = [
+    "atomic_torch_save",
+    "atomic_write_text",
+    "load_resume_state",
+    "rng_state",
+    "seed_epoch",
+    "set_rng_state",
+]
+
+
+def _atomic_write(path: Path, mode: str, write: Callable[[Any], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def load_resume_state(last_path: Path, log_path: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
+    """The state saved after the last completed epoch, and the log records up to it.
+
+    Refuses to resume with other settings: the result would match neither run.
+    """
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    if state["settings"] != settings:
+        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        raise ValueError(f"--resume with other settings than the interrupted run: {', '.join(changed)}")
+    history = []
+    if log_path.exists():
+        history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    set_rng_state(state["rng"])
+    return state, [record for record in history if record["epoch"] < state["epoch"]]
 
 
 def rng_state() -> dict[str, Any]:

@@ -46,7 +46,7 @@ from fasternet.data import (
 from fasternet.distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm, init_distributed
 from fasternet.evaluate import evaluate, make_eval_loader
 from fasternet.models import create_model, get_variant
-from fasternet.runstate import atomic_torch_save, atomic_write_text, rng_state, seed_epoch, set_rng_state
+from fasternet.runstate import atomic_torch_save, atomic_write_text, load_resume_state, rng_state, seed_epoch
 
 __all__ = ["RECIPES", "Recipe", "TrainConfig", "lr_at_epoch", "train"]
 
@@ -261,19 +261,12 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
     start_epoch, best_top1, history = 0, -1.0, []
     if config.resume and last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        if state["settings"] != s:
-            changed = sorted(k for k in s if state["settings"].get(k) != s[k])
-            raise ValueError(f"--resume with other settings than the interrupted run: {', '.join(changed)}")
+        state, history = load_resume_state(last_path, log_path, s)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_top1 = state["epoch"], state["best_top1"]
-        set_rng_state(state["rng"])
-        if log_path.exists():
-            history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-            history = [h for h in history if h["epoch"] < start_epoch]
         if info.is_main:
             logger.info("resuming %s after epoch %d", output, start_epoch)
     elif config.resume and info.is_main:
