@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import torch
 import fasternet
 from fasternet.deploy import deploy
 from fasternet.export import relative_error
-from fasternet.kernels.block import FusedBlock, fuse_blocks, fused_block_reference, pack_block
+from fasternet.kernels.block import FusedBlock, choose_fused_stages, fuse_blocks, fused_block_reference, pack_block
 from fasternet.runners import runner
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -129,3 +130,31 @@ def test_triton_runner_on_gpu(name, dtype):
     with torch.no_grad():
         expected = model(x)
     assert relative_error(run(x.cuda()).cpu(), expected) < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_compile_runner_on_gpu_records_its_stage_choice():
+    torch.manual_seed(0)
+    model = fasternet.create_model("fasternet_t0").eval()
+    run = runner(model, backend="triton-compile", precision="fp16", device="cuda", input_size=(8, 3, 224, 224))
+    assert len(run.metadata["fused_stages"]) == 4 and len(run.metadata["stage_timings"]) == 4
+    x = torch.randn(8, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x)
+    assert relative_error(run(x.cuda()).cpu(), expected) < 3e-2
+
+
+def test_stage_choice_times_both_and_fusing_some_stages_keeps_the_output():
+    torch.manual_seed(0)
+    deployed = deploy(fasternet.create_model("fasternet_t0").eval(), form="split")
+    choice, timings = choose_fused_stages(deployed, (1, 3, 64, 64), "cpu", torch.float32, repeats=1)
+    assert len(choice) == 4 and all(isinstance(c, bool) for c in choice)
+    assert all(t["fused_ms"] > 0 and t["unfused_ms"] > 0 for t in timings)
+    partly = fuse_blocks(copy.deepcopy(deployed), [True, False, True, False])
+    kinds = [{type(layer).__name__ for layer in stage} for stage in partly.stages]
+    assert "FusedBlock" in kinds[0] and "FusedBlock" not in kinds[1] and "DeployedBlock" in kinds[3]
+    x = torch.randn(2, 3, 64, 64)
+    assert relative_error(partly(x), deployed(x)) < 1e-5
+    with pytest.raises(ValueError, match="4 stages"):
+        fuse_blocks(copy.deepcopy(deployed), [True])

@@ -9,6 +9,10 @@ tensor in, a torch tensor out (a list of four for a features_only model). Backen
 * ``onnxruntime``: the ONNX export in onnxruntime's CPU provider (fp32);
 * ``openvino``: OpenVINO's CPU plugin with ``INFERENCE_PRECISION_HINT`` pinned to f32 (OpenVINO
   silently computes in bf16 on CPUs that have it unless told) or set to bf16 when asked;
+* ``triton`` (CUDA): the fused block kernel (one Triton kernel per block, see
+  ``fasternet.kernels``) on the stages where it beats cuDNN/cuBLAS on this GPU and input size,
+  timed once when the runner is built (``Runner.metadata`` records the choice);
+  ``triton-compile``: the same with ``torch.compile`` fusing the rest of the model;
 * ``auto``: times the installed ones once and keeps the fastest (cached per model architecture,
   input shape, precision, threads and machine in ``$FASTERNET_HOME/autotune.json``).
 """
@@ -36,7 +40,7 @@ from fasternet.models import FasterNet
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "cpu_name", "runner"]
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "triton")
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "triton", "triton-compile")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")  # torch-compile compiles for minutes: opt-in only
 # The PConv form each engine runs fastest (benchmarks/pconv_forms.py; T0 batch 1, 2 threads): eager
@@ -48,6 +52,7 @@ PREFERRED_FORM = {
     "onnxruntime": "concat",
     "openvino": "split",
     "triton": "split",
+    "triton-compile": "split",
 }
 
 
@@ -286,13 +291,18 @@ def _build(
 ) -> Callable:
     if backend in ("torch", "torch-compile"):
         return _torch_call(deployed, precision, device, threads, compile_model=backend == "torch-compile")
-    if backend == "triton":
+    if backend in ("triton", "triton-compile"):
         if device.type != "cuda":
-            raise ValueError("backend 'triton' runs the fused block kernel on CUDA devices; use device='cuda'")
+            raise ValueError(f"backend {backend!r} runs the fused block kernel on CUDA devices; use device='cuda'")
         require("triton")
-        from fasternet.kernels.block import fuse_blocks
+        from fasternet.kernels.block import choose_fused_stages, fuse_blocks
 
-        return _torch_call(fuse_blocks(copy.deepcopy(deployed)), precision, device, threads, compile_model=False)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        stages, timings = choose_fused_stages(deployed, input_size, device, dtype)
+        fused = fuse_blocks(copy.deepcopy(deployed), stages)
+        call = _torch_call(fused, precision, device, threads, compile_model=backend == "triton-compile")
+        call.fused_stages, call.stage_timings = stages, timings  # type: ignore[attr-defined]
+        return call
     if device.type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU here; use backend='torch' for {device}")
     if backend == "onnxruntime":
@@ -361,7 +371,10 @@ def runner(
         require(backend)
     deployed = _deployed_for(model, backend)
     call = _build(backend, deployed, precision, input_size, threads, device)
-    return Runner(backend, precision, input_size, threads, device, call, deployed.features_only)
+    run = Runner(backend, precision, input_size, threads, device, call, deployed.features_only)
+    if backend in ("triton", "triton-compile"):  # which stages run the fused kernel, and the timings that chose them
+        run.metadata = {"fused_stages": call.fused_stages, "stage_timings": call.stage_timings}
+    return run
 
 
 def _deployed_for(model: FasterNet | DeployedFasterNet, backend: str) -> DeployedFasterNet:

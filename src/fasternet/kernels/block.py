@@ -8,6 +8,11 @@ reference of the same computation elsewhere; its fake (meta) implementation lets
 
 from __future__ import annotations
 
+import copy
+import statistics
+import time
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +20,7 @@ from torch import nn
 from fasternet.deploy import DeployedBlock, DeployedFasterNet, deploy
 from fasternet.models import FasterNet
 
-__all__ = ["FusedBlock", "fuse_blocks", "fused_block_reference", "pack_block"]
+__all__ = ["FusedBlock", "choose_fused_stages", "fuse_blocks", "fused_block_reference", "pack_block"]
 
 
 def fused_block_reference(
@@ -102,13 +107,72 @@ class FusedBlock(nn.Module):
         )  # fmt: skip
 
 
-def fuse_blocks(model: FasterNet | DeployedFasterNet) -> DeployedFasterNet:
-    """A deployed model whose blocks are fused-kernel calls (channels-last activations)."""
+def fuse_blocks(model: FasterNet | DeployedFasterNet, stages: Sequence[bool] | None = None) -> DeployedFasterNet:
+    """A deployed model whose blocks are fused-kernel calls (channels-last activations).
+
+    ``stages`` says per stage whether to fuse its blocks (default: all); the others stay
+    cuDNN/cuBLAS convolutions. :func:`choose_fused_stages` picks them by timing both.
+    """
     deployed = deploy(model, form="split") if isinstance(model, FasterNet) else model
     if deployed.form != "split":
         raise ValueError("fuse_blocks() needs the split form: deploy(model, form='split')")
-    for stage in deployed.stages:
+    stages = [True] * len(deployed.stages) if stages is None else list(stages)
+    if len(stages) != len(deployed.stages):
+        raise ValueError(f"stages has {len(stages)} entries for a model with {len(deployed.stages)} stages")
+    for stage, fuse in zip(deployed.stages, stages, strict=True):
         for i, layer in enumerate(stage):
-            if isinstance(layer, DeployedBlock):
+            if fuse and isinstance(layer, DeployedBlock):
                 stage[i] = FusedBlock(layer)
     return deployed.to(memory_format=torch.channels_last)
+
+
+def _median_seconds(call, x: torch.Tensor, repeats: int) -> float:
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for _ in range(3):
+        call(x)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(x)
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def choose_fused_stages(
+    deployed: DeployedFasterNet,
+    input_size: Sequence[int],
+    device: torch.device | str,
+    dtype: torch.dtype,
+    repeats: int = 10,
+) -> tuple[list[bool], list[dict[str, float]]]:
+    """Per stage, whether the fused kernel beats the unfused block on this device and input size.
+
+    The fused kernel wins where the block is memory-bound (wide images, few channels); with many
+    channels and few pixels the two GEMMs are compute-bound and cuBLAS is faster. Timing both on
+    the real shapes settles it per GPU. Returns the choice and the timings (ms per stage).
+    """
+    if deployed.form != "split":
+        raise ValueError("choose_fused_stages() needs the split form: deploy(model, form='split')")
+    model = _copy_to(deployed, device, dtype)
+    x = torch.randn(*input_size, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = model.stem(x)
+    choice, timings = [], []
+    for stage in model.stages:
+        layers = list(stage)
+        start = 1 if layers and not isinstance(layers[0], DeployedBlock) else 0
+        x = nn.Sequential(*layers[:start])(x).contiguous(memory_format=torch.channels_last)
+        plain = nn.Sequential(*layers[start:])
+        fused = nn.Sequential(*[FusedBlock(layer) for layer in layers[start:]])
+        unfused_s = _median_seconds(plain, x, repeats)
+        fused_s = _median_seconds(fused, x, repeats)
+        choice.append(fused_s < unfused_s)
+        timings.append({"unfused_ms": 1e3 * unfused_s, "fused_ms": 1e3 * fused_s})
+        x = plain(x)
+    return choice, timings
+
+
+def _copy_to(deployed: DeployedFasterNet, device: torch.device | str, dtype: torch.dtype) -> DeployedFasterNet:
+    return copy.deepcopy(deployed).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
