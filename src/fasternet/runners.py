@@ -133,12 +133,21 @@ class Runner:
         )
 
 
+def _allow_recompiles(limit: int = 64) -> None:
+    """Let dynamo compile one forward per runner: its limit (8) counts every model, shape and dtype
+    compiled from the same ``forward`` code, and with ``fullgraph=True`` the ninth runner fails."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
+
+
 def _torch_call(
     model: DeployedFasterNet, precision: str, device: torch.device, threads: int | None, compile_model: bool
 ) -> Callable:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = copy.deepcopy(model).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
     if compile_model:
+        _allow_recompiles()
         model = torch.compile(model, dynamic=False, fullgraph=True)
 
     def call(x: torch.Tensor):
