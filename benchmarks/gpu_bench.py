@@ -214,7 +214,7 @@ def throughput_phase(args: argparse.Namespace, out: Path, budget: Budget, phase:
     timm_name = {"fasternet_t0": "fasternet_t0", "fasternet_t1": "fasternet_t1", "fasternet_t2": "fasternet_t2",
                  "fasternet_s": "fasternet_s", "fasternet_m": "fasternet_m", "fasternet_l": "fasternet_l"}  # fmt: skip
     batches = args.batches if compiled else [1, *args.batches]
-    compile_s = 30.0 if not args.dry_run else 5.0  # a first guess, replaced by what compiles take
+    compile_s = args.compile_guess_s  # replaced by what compiles take
     for precision in args.precisions:
         for name in args.models:
             macs = profile(create_model(name).eval(), (1, 3, args.image_size, args.image_size)).macs
@@ -361,6 +361,7 @@ def main() -> None:
     parser.add_argument("--batches", default="256,1024")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--phases", default="machine,blocks,eager,compiled,configs")
+    parser.add_argument("--compile-guess-s", type=float, default=12.0, help="seconds per compile until one is timed")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes, to check the script on a CPU")
     args = parser.parse_args()
     args.models = args.models.split(",")

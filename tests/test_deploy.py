@@ -11,7 +11,7 @@ from torch import nn
 import fasternet
 from conftest import TINY
 from fasternet import FasterNet
-from fasternet.deploy import DeployedFasterNet, deploy, fold_bn
+from fasternet.deploy import DeployedFasterNet, deploy, fold_bn, split_to_concat
 from fasternet.export import ExportError, export, relative_error
 from fasternet.runners import UnsupportedPrecisionError, cpu_has_bf16, runner
 
@@ -222,3 +222,19 @@ def test_deployed_input_errors():
     with pytest.raises(ValueError, match="expected an N x 3"):
         deploy(tiny())(torch.randn(1, 1, 64, 64))
     assert isinstance(deploy(deploy(tiny())), DeployedFasterNet)
+
+
+def test_split_block_converts_to_the_concat_form():
+    torch.manual_seed(0)
+    model = FasterNet(**TINY, layer_scale_init_value=0.5).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    block = deploy(model).stages[1][1]
+    concat = split_to_concat(block)
+    assert concat.form == "concat" and not hasattr(concat, "expand_rest") and hasattr(block, "expand_rest")
+    x = torch.randn(2, block.dim_conv + block.dim_untouched, 9, 7)
+    assert relative_error(concat(x), block(x)) < 1e-6
+    with pytest.raises(ValueError, match="split-form"):
+        split_to_concat(concat)

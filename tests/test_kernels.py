@@ -156,5 +156,12 @@ def test_stage_choice_times_both_and_fusing_some_stages_keeps_the_output():
     assert "FusedBlock" in kinds[0] and "FusedBlock" not in kinds[1] and "DeployedBlock" in kinds[3]
     x = torch.randn(2, 3, 64, 64)
     assert relative_error(partly(x), deployed(x)) < 1e-5
+    concat_rest = fuse_blocks(copy.deepcopy(deployed), [True, False, False, False], unfused_form="concat")
+    assert {layer.form for layer in concat_rest.stages[2] if hasattr(layer, "form")} == {"concat"}
+    assert relative_error(concat_rest(x), deployed(x)) < 1e-5
+    choice, _ = choose_fused_stages(deployed, (1, 3, 64, 64), "cpu", torch.float32, repeats=1, unfused_form="concat")
+    assert len(choice) == 4
     with pytest.raises(ValueError, match="4 stages"):
         fuse_blocks(copy.deepcopy(deployed), [True])
+    with pytest.raises(ValueError, match="unfused_form"):
+        fuse_blocks(copy.deepcopy(deployed), unfused_form="dense")

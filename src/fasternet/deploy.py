@@ -22,7 +22,7 @@ from torch import nn
 
 from fasternet.models import FasterNet, FasterNetBlock
 
-__all__ = ["DeployedBlock", "DeployedFasterNet", "PCONV_FORMS", "deploy", "fold_bn"]
+__all__ = ["DeployedBlock", "DeployedFasterNet", "PCONV_FORMS", "deploy", "fold_bn", "split_to_concat"]
 
 PCONV_FORMS = ("split", "concat", "dense")
 
@@ -158,6 +158,25 @@ class DeployedFasterNet(nn.Module):
             return outputs
         x = self.act(self.conv_head(self.global_pool(x))).flatten(1)
         return self.classifier(x)
+
+
+@torch.no_grad()
+def split_to_concat(block: DeployedBlock) -> DeployedBlock:
+    """The same block in the concat form (one 1x1 expansion over [pconv(x1), x2]).
+
+    Eager GPU kernels prefer it (one GEMM instead of two and an add); the fused kernel and the
+    graph compilers take the split form. The copy shares nothing with ``block``.
+    """
+    if block.form != "split":
+        raise ValueError(f"split_to_concat() takes a split-form block, not {block.form!r}")
+    concat = copy.deepcopy(block)
+    weight = torch.cat((block.expand_conv.weight, block.expand_rest.weight), dim=1)
+    concat.expand = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=True, device=weight.device, dtype=weight.dtype)
+    concat.expand.weight.copy_(weight)
+    concat.expand.bias.copy_(block.expand_rest.bias)
+    del concat.expand_conv, concat.expand_rest
+    concat.form = "concat"
+    return concat
 
 
 def deploy(model: FasterNet, *, form: str = "split") -> DeployedFasterNet:
