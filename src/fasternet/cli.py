@@ -466,12 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backends",
         default="torch,onnxruntime,openvino",
-        help="comma-separated: torch, torch-compile, onnxruntime, openvino",
+        help="comma-separated: torch, torch-compile, onnxruntime, openvino; on --device cuda also triton, "
+        "triton-compile (the fused block kernel)",
     )
     p.add_argument(
         "--precisions",
         default="fp32,bf16",
-        help="comma-separated: fp32, bf16, int8 (skipped where unsupported; int8 needs --calibration)",
+        help="comma-separated: fp32, bf16, fp16 (CUDA), int8 (skipped where unsupported; int8 needs --calibration)",
     )
     p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
