@@ -161,6 +161,8 @@ def test_stage_choice_times_both_and_fusing_some_stages_keeps_the_output():
     assert relative_error(concat_rest(x), deployed(x)) < 1e-5
     choice, _ = choose_fused_stages(deployed, (1, 3, 64, 64), "cpu", torch.float32, repeats=1, unfused_form="concat")
     assert len(choice) == 4
+    never, _ = choose_fused_stages(deployed, (1, 3, 64, 64), "cpu", torch.float32, repeats=1, margin=1e9)
+    assert never == [False] * 4
     with pytest.raises(ValueError, match="4 stages"):
         fuse_blocks(copy.deepcopy(deployed), [True])
     with pytest.raises(ValueError, match="unfused_form"):
