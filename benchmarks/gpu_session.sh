@@ -2,7 +2,8 @@
 # The GPU checks of the open issues as one prepared run, for a session that is lent a GPU:
 #   device run: bash benchmarks/gpu_session.sh   (writes its results under $OUT)
 # The device machine has torch, triton and timm but not this package: everything runs from src/.
-# Each step is independent: a failing one leaves the others' results. Budget: ~7 minutes.
+# Each step is independent: a failing one leaves the others' results. About 6-7 minutes on an
+# H200, plus the machine's start; results of the first session: benchmarks/results/gpu_h200/.
 set -uo pipefail
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 OUT="${OUT:-/tmp/fasternet-gpu}"
