@@ -38,16 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fasternet.bench import _interleaved  # noqa: E402
-from fasternet.deploy import DeployedBlock, deploy  # noqa: E402
+from fasternet.deploy import deploy  # noqa: E402
 from fasternet.export import relative_error  # noqa: E402
-from fasternet.kernels.block import FusedBlock, choose_fused_stages, fuse_blocks  # noqa: E402
+from fasternet.kernels.block import FusedBlock, choose_fused_stages, fuse_blocks, stage_block_inputs  # noqa: E402
 from fasternet.models import create_model  # noqa: E402
 from fasternet.profile import profile  # noqa: E402
-from fasternet.runners import runner  # noqa: E402
-
-REFERENCE_OUTPUTS: dict[tuple[str, str, int], torch.Tensor] = {}  # (model, precision, batch): eager output
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from fasternet.runners import TORCH_DTYPES, runner  # noqa: E402
+from fasternet.timing import interleaved, median_seconds, synchronize  # noqa: E402
 
 
 class Budget:
@@ -67,15 +64,8 @@ def write(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_ms(call: Callable[[], Any], device: str, repeats: int = 20, warmup: int = 5) -> float:
-    times = _interleaved({0: call}, rounds=1, per_round=repeats, warmup=warmup, settle=1,
-                         synchronize=lambda: sync(device))[0]  # fmt: skip
-    return 1e3 * statistics.median(times)
+def median_ms(call: Callable[[], Any], repeats: int = 20, warmup: int = 5) -> float:
+    return 1e3 * median_seconds(call, repeats=repeats, warmup=warmup)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,12 +83,12 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
     n = 1 << (30 if not args.dry_run else 22)  # bytes per buffer
     src = torch.empty(n, dtype=torch.uint8, device=args.device)
     dst = torch.empty_like(src)
-    copy_ms = median_ms(lambda: dst.copy_(src), args.device, repeats=10)
+    copy_ms = median_ms(lambda: dst.copy_(src), repeats=10)
     info["copy_gb_s"] = 2 * n / (copy_ms / 1e3) / 1e9  # read + write
     size = 8192 if not args.dry_run else 512
     a = torch.randn(size, size, device=args.device, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=args.device, dtype=torch.bfloat16)
-    mm_ms = median_ms(lambda: a @ b, args.device, repeats=10)
+    mm_ms = median_ms(lambda: a @ b, repeats=10)
     info["bf16_matmul_tflop_s"] = 2 * size**3 / (mm_ms / 1e3) / 1e12
     if args.device.startswith("cuda"):
         props = torch.cuda.get_device_properties(0)
@@ -117,30 +107,24 @@ def stage_inputs(name: str, batch: int, size: int, device: str, dtype: torch.dty
     deployed = deploy(create_model(name).eval(), form="split").to(device=device, dtype=dtype)
     deployed = deployed.to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        x = deployed.stem(x)
-        for index, stage in enumerate(deployed.stages):
-            layers = list(stage)
-            start = 0 if isinstance(layers[0], DeployedBlock) else 1
-            x = torch.nn.Sequential(*layers[:start])(x).contiguous(memory_format=torch.channels_last)
-            yield index, layers[start:], x
-            x = stage[start:](x)
+    for index, (blocks, x_stage) in enumerate(stage_block_inputs(deployed, x)):
+        yield index, blocks, x_stage
 
 
 def blocks_phase(args: argparse.Namespace, peak_gb_s: float, out: Path, budget: Budget) -> None:
     batch = max(args.batches)
     for name in args.models:
-        for precision in args.precisions[:1]:  # the other 16-bit type behaves alike (first run: within 5%)
+        for precision in args.precisions[:1]:  # the other 16-bit type behaves alike (first run: within 7%)
             if budget.left() < 20:
                 log(f"blocks: out of budget before {name} {precision}")
                 return
-            for index, blocks, x in stage_inputs(name, batch, args.image_size, args.device, DTYPES[precision]):
+            for index, blocks, x in stage_inputs(name, batch, args.image_size, args.device, TORCH_DTYPES[precision]):
                 block = blocks[0]
                 fused = FusedBlock(block)
                 with torch.inference_mode():
                     error = relative_error(fused(x).float(), block(x).float())
-                    unfused_ms = median_ms(lambda b=block, x=x: b(x), args.device)
-                    fused_ms = median_ms(lambda b=fused, x=x: b(x), args.device)
+                    unfused_ms = median_ms(lambda b=block, x=x: b(x))
+                    fused_ms = median_ms(lambda b=fused, x=x: b(x))
                 moved = 2 * x.numel() * x.element_size()  # the least a block can move: read x, write y
                 record = {
                     "model": name, "precision": precision, "batch": batch, "stage": index,
@@ -165,7 +149,7 @@ def timm_call(name: str, precision: str, device: str, compiled: bool, half_cl: b
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval().to(device)
-    dtype = DTYPES[precision]
+    dtype = TORCH_DTYPES[precision]
     if half_cl:  # a stronger peer than timm's protocol: weights in 16 bits, channels-last
         model = model.to(dtype=dtype, memory_format=torch.channels_last)
     if compiled:
@@ -188,7 +172,7 @@ def our_call(name: str, backend: str, precision: str, batch: int, args: argparse
     size = (batch, 3, args.image_size, args.image_size)
     if backend.startswith("triton") and not args.device.startswith("cuda"):
         deployed = deploy(model, form="split")
-        stages, _ = choose_fused_stages(deployed, size, args.device, DTYPES[precision], repeats=2)
+        stages, _ = choose_fused_stages(deployed, size, args.device, TORCH_DTYPES[precision], repeats=2)
         fused = fuse_blocks(deployed, stages)
         compiled = backend == "triton-compile"
         return runner(fused, backend="torch-compile" if compiled else "torch", precision=precision,
@@ -198,7 +182,7 @@ def our_call(name: str, backend: str, precision: str, batch: int, args: argparse
 
 
 def measure(calls: dict[tuple, Callable[[], Any]], args: argparse.Namespace, rounds: int) -> dict[tuple, float]:
-    times = _interleaved(calls, rounds=rounds, per_round=5, warmup=2, settle=1, synchronize=lambda: sync(args.device))
+    times = interleaved(calls, rounds=rounds, per_round=5, warmup=2, settle=1)
     return {key: statistics.median(t) for key, t in times.items()}
 
 
@@ -208,11 +192,12 @@ PHASE_BACKENDS = {
 }
 
 
-def throughput_phase(args: argparse.Namespace, out: Path, budget: Budget, phase: str) -> None:
+def throughput_phase(
+    args: argparse.Namespace, out: Path, budget: Budget, phase: str, references: dict[tuple, torch.Tensor]
+) -> None:
+    """Images/s per backend; ``references`` keeps eager torch's outputs per (model, precision, batch)."""
     backends = PHASE_BACKENDS[phase]
     compiled = phase != "eager"
-    timm_name = {"fasternet_t0": "fasternet_t0", "fasternet_t1": "fasternet_t1", "fasternet_t2": "fasternet_t2",
-                 "fasternet_s": "fasternet_s", "fasternet_m": "fasternet_m", "fasternet_l": "fasternet_l"}  # fmt: skip
     batches = args.batches if compiled else [1, *args.batches]
     compile_s = args.compile_guess_s  # replaced by what compiles take
     for precision in args.precisions:
@@ -234,14 +219,14 @@ def throughput_phase(args: argparse.Namespace, out: Path, budget: Budget, phase:
                     start = time.monotonic()
                     try:
                         if backend.startswith("timm"):
-                            call = timm_call(timm_name[name], precision, args.device, compiled,
+                            call = timm_call(name, precision, args.device, compiled,
                                              half_cl=backend.endswith("fp16w-cl"))  # fmt: skip
                             stages = None
                         else:
                             call, stages = our_call(name, backend, precision, batch, args)
                         with torch.inference_mode():
                             y = call(x)  # compiles here
-                        sync(args.device)
+                        synchronize()
                     except Exception as error:  # one failing row must not lose the others
                         log(f"{name} {backend} {precision} {batch}: FAILED {type(error).__name__}: {error}")
                         traceback.print_exc()
@@ -264,11 +249,11 @@ def throughput_phase(args: argparse.Namespace, out: Path, budget: Budget, phase:
             timed = measure(calls, args, rounds=3)
             for batch in batches:  # eager torch's outputs: what every other row of ours is checked against
                 if ("torch", batch) in built:
-                    REFERENCE_OUTPUTS[(name, precision, batch)] = built[("torch", batch)]["output"]
+                    references[(name, precision, batch)] = built[("torch", batch)]["output"]
             for (backend, batch), seconds in timed.items():
                 info = built[(backend, batch)]
                 error = None
-                reference = REFERENCE_OUTPUTS.get((name, precision, batch))
+                reference = references.get((name, precision, batch))
                 if reference is not None and info["output"] is not None and not backend.startswith("timm"):
                     error = relative_error(info["output"], reference)
                 record = {
@@ -375,10 +360,11 @@ def main() -> None:
     info = machine(args) if "machine" in phases else {"copy_gb_s": float("nan")}
     (args.out / "machine.json").write_text(json.dumps(info, indent=1))
     log(f"machine: {info}")
+    references: dict[tuple, torch.Tensor] = {}  # eager outputs, to check every other row against
     steps = [
         ("blocks", lambda: blocks_phase(args, info["copy_gb_s"], args.out, budget)),
-        ("eager", lambda: throughput_phase(args, args.out, budget, "eager")),
-        ("compiled", lambda: throughput_phase(args, args.out, budget, "compiled")),
+        ("eager", lambda: throughput_phase(args, args.out, budget, "eager", references)),
+        ("compiled", lambda: throughput_phase(args, args.out, budget, "compiled", references)),
         ("configs", lambda: configs_phase(args, info["copy_gb_s"], args.out, budget)),
     ]
     for phase, run in steps:

@@ -16,10 +16,11 @@ import warnings
 import torch
 
 import fasternet
-from fasternet.bench import _interleaved, machine_description
+from fasternet.bench import machine_description
 from fasternet.deploy import deploy
 from fasternet.quantize import quantize
 from fasternet.runners import runner
+from fasternet.timing import interleaved
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             run = runner(deployed, backend="openvino", precision=precision, threads=args.threads)
             calls[(form, precision)] = (lambda r: lambda: r(x))(run)
-    times = _interleaved(calls, rounds=args.rounds, per_round=20, warmup=10)
+    times = interleaved(calls, rounds=args.rounds, per_round=20, warmup=10)
     print(f"# {machine_description()}; {args.model}, batch 1, {args.threads} threads, OpenVINO")
     for (form, what), t in times.items():
         print(f"{form:<6} {what:<18} {1e3 * statistics.median(t):7.3f} ms")

@@ -15,9 +15,10 @@ import statistics
 import torch
 
 import fasternet
-from fasternet.bench import _interleaved, machine_description
+from fasternet.bench import machine_description
 from fasternet.deploy import deploy
 from fasternet.runners import runner
+from fasternet.timing import interleaved
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
         for backend in ("torch", "onnxruntime", "openvino"):
             run = runner(deployed, backend=backend, input_size=tuple(x.shape), threads=args.threads)
             calls[(backend, form)] = (lambda r: lambda: r(x))(run)
-    times = _interleaved(calls, rounds=args.rounds, per_round=10, warmup=5)
+    times = interleaved(calls, rounds=args.rounds, per_round=10, warmup=5)
     print(f"# {machine_description()}; {args.model}, batch {args.batch_size}, {args.threads} threads, fp32")
     for backend in ("torch", "onnxruntime", "openvino"):
         split = statistics.median(times[(backend, "split")]) * 1e3

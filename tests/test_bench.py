@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from fasternet.bench import OPERATOR_SHAPES, OPERATORS, PAPER_OPERATOR_FLOPS, operator_macs
+from fasternet.timing import interleaved, median_seconds
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
 
@@ -129,3 +130,14 @@ def test_plot_writes_a_png(tmp_path):
         str(tmp_path / "plot.png"),
     )
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interleaved_timing_times_every_call_in_turn():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
+    times = interleaved(calls, rounds=2, per_round=3, warmup=1, settle=1)
+    assert {key: len(t) for key, t in times.items()} == {"a": 2 * 3, "b": 2 * 3}
+    assert all(t >= 0 for values in times.values() for t in values)
+    # warm-up a, b; then per round: a (settle + 3 timed), b (settle + 3 timed)
+    assert order == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
+    assert median_seconds(lambda: sum(range(1000)), repeats=3, warmup=0) > 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +24,8 @@ from torch import nn
 from fasternet.deploy import deploy
 from fasternet.models import FasterNet, create_model
 from fasternet.profile import profile
-from fasternet.runners import UnsupportedPrecisionError, cpu_flags, cpu_name, runner
+from fasternet.runners import UnsupportedPrecisionError, cpu_flags, cpu_name, openvino_cpu_config, runner
+from fasternet.timing import interleaved
 
 __all__ = ["BenchRow", "Config", "gemm_peak", "machine_description", "operator_table", "run_benchmark"]
 
@@ -88,33 +88,6 @@ class BenchRow:
         }
 
 
-def _interleaved(
-    calls: dict[Any, Callable[[], Any]],
-    *,
-    rounds: int,
-    per_round: int,
-    warmup: int,
-    settle: int = 3,
-    synchronize: Callable[[], None] = lambda: None,
-) -> dict[Any, list[float]]:
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-        synchronize()
-    times: dict[Any, list[float]] = {key: [] for key in calls}
-    for _ in range(rounds):
-        for key, call in calls.items():
-            for _ in range(settle):  # untimed: let the previous engine's threads go idle, wake this one's
-                call()
-            synchronize()
-            for _ in range(per_round):
-                start = time.perf_counter()
-                call()
-                synchronize()
-                times[key].append(time.perf_counter() - start)
-    return times
-
-
 # --------------------------------------------------------------------------------------------
 # GEMM peak
 
@@ -158,14 +131,7 @@ def _gemm_calls(n: int, threads: int | None, precision: str) -> dict[str, Callab
 
         param = ops.parameter([n, n], np.float32)
         model = ov.Model([ops.matmul(param, ops.constant(b.float().numpy()), False, False)], [param])
-        config = {
-            "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
-            "NUM_STREAMS": "1",
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = str(threads)
-        request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+        request = ov.Core().compile_model(model, "CPU", openvino_cpu_config(precision, threads)).create_infer_request()
         a32 = a.float().numpy()
         calls["openvino"] = lambda: request.infer({0: a32}, share_inputs=True)
     return calls
@@ -181,7 +147,7 @@ def gemm_peak(
     """
     best: dict[str, float] = {}
     for n in sizes:
-        times = _interleaved(_gemm_calls(n, threads, precision), rounds=rounds, per_round=3, warmup=2)
+        times = interleaved(_gemm_calls(n, threads, precision), rounds=rounds, per_round=3, warmup=2)
         for engine, t in times.items():
             best[engine] = max(best.get(engine, 0.0), 2 * n**3 / statistics.median(t) / 1e9)
     return best
@@ -271,9 +237,8 @@ def run_benchmark(
             skipped.append(f"{config.model} {config.backend} {config.precision}: {error}")
             continue
         calls[config] = (lambda c, t: lambda: c(t))(call, x)
-    synchronize = torch.cuda.synchronize if any(c.device.startswith("cuda") for c in calls) else (lambda: None)
     progress(f"timing {len(calls)} configurations, {rounds} interleaved rounds")
-    times = _interleaved(calls, rounds=rounds, per_round=per_round, warmup=warmup, synchronize=synchronize)
+    times = interleaved(calls, rounds=rounds, per_round=per_round, warmup=warmup)
     rows = []
     for config, t in times.items():
         with torch.device("meta"):
@@ -357,7 +322,7 @@ def operator_table(
             else:
                 raise ValueError(f"operator table backend {backend!r} is not supported; use torch")
             calls[(name, channels, size)] = call
-    times = _interleaved(calls, rounds=rounds, per_round=per_round, warmup=3)
+    times = interleaved(calls, rounds=rounds, per_round=per_round, warmup=3)
     rows = []
     for (name, channels, size), t in times.items():
         latency = statistics.median(t)
@@ -466,8 +431,7 @@ def peer_rows(
 
                     calls[config] = call
                     info[config] = stats
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    times = _interleaved(calls, rounds=rounds, per_round=10, warmup=3, synchronize=sync)
+    times = interleaved(calls, rounds=rounds, per_round=10, warmup=3)
     return [BenchRow(config, *info[config], t) for config, t in times.items()]
 
 

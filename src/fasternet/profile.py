@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fasternet.models import DropPath, FasterNetBlock, PartialConv
+from fasternet.timing import synchronize
 
 __all__ = ["LayerProfile", "ProfileReport", "profile"]
 
@@ -228,10 +229,18 @@ def _measure(
     starts: dict[str, float] = {}
 
     def before(name: str):
-        return lambda module, inputs: starts.__setitem__(name, time.perf_counter())
+        def hook(module, inputs):
+            synchronize()  # on a GPU, time this layer's kernels, not the queue before them
+            starts[name] = time.perf_counter()
+
+        return hook
 
     def after(name: str):
-        return lambda module, inputs, output: samples[name].append(time.perf_counter() - starts[name])
+        def hook(module, inputs, output):
+            synchronize()
+            samples[name].append(time.perf_counter() - starts[name])
+
+        return hook
 
     handles = []
     for name, module in modules.items():

@@ -25,9 +25,7 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,11 +35,13 @@ import torch
 from fasternet.deploy import DeployedFasterNet, deploy
 from fasternet.export import output_names, require
 from fasternet.models import FasterNet
+from fasternet.timing import median_seconds
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "cpu_name", "runner"]
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "triton", "triton-compile")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")  # torch-compile compiles for minutes: opt-in only
 # The PConv form each engine runs fastest (benchmarks/pconv_forms.py; T0 batch 1, 2 threads): eager
 # torch pays per operator and prefers one concat to two 1x1 convolutions; the graph compilers
@@ -144,7 +144,7 @@ def _allow_recompiles(limit: int = 64) -> None:
 def _torch_call(
     model: DeployedFasterNet, precision: str, device: torch.device, threads: int | None, compile_model: bool
 ) -> Callable:
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = TORCH_DTYPES[precision]
     model = copy.deepcopy(model).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
     if compile_model:
         _allow_recompiles()
@@ -195,6 +195,22 @@ def _onnxruntime_call(
     return call
 
 
+def openvino_cpu_config(precision: str, threads: int | None) -> dict[str, str]:
+    """OpenVINO CPU settings for one latency-bound stream, the precision pinned.
+
+    Unpinned, OpenVINO computes in bf16 on CPUs that have it; INT8 files keep their unquantized
+    operations in f32.
+    """
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+    }
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return config
+
+
 def _openvino_call(
     model: DeployedFasterNet | None,
     precision: str,
@@ -204,14 +220,7 @@ def _openvino_call(
 ) -> Callable:
     ov = require("openvino")
     core = ov.Core()
-    config = {
-        # INT8 files keep their unquantized operations in f32 (pinned: OpenVINO would pick bf16).
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": "1",
-    }
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
+    config = openvino_cpu_config(precision, threads)
     if ir_path is not None:
         source = core.read_model(str(ir_path))
     else:
@@ -243,17 +252,6 @@ def _openvino_call(
         return tensors if len(tensors) > 1 else tensors[0]
 
     return call
-
-
-def _time_call(call: Callable, x: torch.Tensor, repeats: int = 10) -> float:
-    for _ in range(3):
-        call(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _autotune_key(
@@ -297,16 +295,17 @@ def _build(
     input_size: tuple[int, ...],
     threads: int | None,
     device: torch.device,
-) -> Callable:
+) -> tuple[Callable, dict[str, Any]]:
+    """The backend's call, and what the runner should record of how it was built."""
     if backend in ("torch", "torch-compile"):
-        return _torch_call(deployed, precision, device, threads, compile_model=backend == "torch-compile")
+        return _torch_call(deployed, precision, device, threads, compile_model=backend == "torch-compile"), {}
     if backend in ("triton", "triton-compile"):
         if device.type != "cuda":
             raise ValueError(f"backend {backend!r} runs the fused block kernel on CUDA devices; use device='cuda'")
         require("triton")
         from fasternet.kernels.block import choose_fused_stages, fuse_blocks
 
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        dtype = TORCH_DTYPES[precision]
         # Eager, the stages left to cuDNN run fastest in the concat form; compiled, in the split form.
         form = "split" if backend == "triton-compile" else "concat"
         # The choice is timed eagerly; torch.compile then speeds up the unfused stages too. On an H200
@@ -315,14 +314,13 @@ def _build(
         stages, timings = choose_fused_stages(deployed, input_size, device, dtype, unfused_form=form, margin=margin)
         fused = fuse_blocks(copy.deepcopy(deployed), stages, unfused_form=form)
         call = _torch_call(fused, precision, device, threads, compile_model=backend == "triton-compile")
-        call.fused_stages, call.stage_timings = stages, timings  # type: ignore[attr-defined]
-        return call
+        return call, {"fused_stages": stages, "stage_timings": timings}
     if device.type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU here; use backend='torch' for {device}")
     if backend == "onnxruntime":
-        return _onnxruntime_call(deployed, precision, input_size, threads, None)
+        return _onnxruntime_call(deployed, precision, input_size, threads, None), {}
     if backend == "openvino":
-        return _openvino_call(deployed, precision, input_size, threads, None)
+        return _openvino_call(deployed, precision, input_size, threads, None), {}
     raise ValueError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
 
 
@@ -384,10 +382,9 @@ def runner(
     elif backend in BACKENDS and not _installed(backend):
         require(backend)
     deployed = _deployed_for(model, backend)
-    call = _build(backend, deployed, precision, input_size, threads, device)
+    call, metadata = _build(backend, deployed, precision, input_size, threads, device)
     run = Runner(backend, precision, input_size, threads, device, call, deployed.features_only)
-    if backend in ("triton", "triton-compile"):  # which stages run the fused kernel, and the timings that chose them
-        run.metadata = {"fused_stages": call.fused_stages, "stage_timings": call.stage_timings}
+    run.metadata = metadata  # triton: which stages run the fused kernel, and the timings that chose them
     return run
 
 
@@ -435,10 +432,10 @@ def _auto_backend(
         if not _installed(backend):
             continue
         try:
-            call = _build(backend, _deployed_for(model, backend), precision, input_size, threads, device)
+            call, _ = _build(backend, _deployed_for(model, backend), precision, input_size, threads, device)
         except UnsupportedPrecisionError:
             continue
-        timings[backend] = _time_call(call, x)
+        timings[backend] = median_seconds(lambda call=call: call(x))
     best = min(timings, key=timings.get)
     cache[key] = {"backend": best, "seconds": timings, "input_size": list(input_size), "precision": precision}
     cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,12 @@ def atomic_write_text(text: str, path: Path) -> None:
     _atomic_write(path, "w", lambda f: f.write(text))
 
 
-def load_resume_state(last_path: Path, log_path: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
-    """The state saved after the last completed epoch, and the log records up to it.
+def load_resume_state(
+    last_path: Path, log_path: Path, settings: dict[str, Any], stateful: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict]]:
+    """Restore ``stateful`` (name -> object with ``load_state_dict``: model, optimizer, ...) and the
+    RNGs from the state saved after the last completed epoch; returns that state and the log
+    records up to it.
 
     Refuses to resume with other settings: the result would match neither run.
     """
@@ -60,6 +64,8 @@ def load_resume_state(last_path: Path, log_path: Path, settings: dict[str, Any])
     history = []
     if log_path.exists():
         history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
     set_rng_state(state["rng"])
     return state, [record for record in history if record["epoch"] < state["epoch"]]
 

@@ -261,11 +261,8 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
     start_epoch, best_top1, history = 0, -1.0, []
     if config.resume and last_path.exists():
-        state, history = load_resume_state(last_path, log_path, s)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        state, history = load_resume_state(last_path, log_path, s, stateful)
         start_epoch, best_top1 = state["epoch"], state["best_top1"]
         if info.is_main:
             logger.info("resuming %s after epoch %d", output, start_epoch)

@@ -127,6 +127,31 @@ def _split(names: list[str], val_fraction: float, seed: int) -> set[str]:
     return set(ordered[:count])
 
 
+def _write_sets(
+    output: Path,
+    records: list[tuple[str, np.ndarray, list[dict]]],
+    categories: list[str],
+    val_fraction: float,
+    seed: int,
+) -> None:
+    """Save each (file name, image, annotations) record and write train.json / val.json.
+
+    The validation images are a seeded random ``val_fraction`` of the records; annotations get
+    their ``id`` and ``image_id`` here.
+    """
+    val_names = _split([name for name, _, _ in records], val_fraction, seed)
+    splits: dict[str, tuple[list, list]] = {"train": ([], []), "val": ([], [])}
+    for image_id, (name, image, objects) in enumerate(records, start=1):
+        Image.fromarray(image).save(output / "images" / name)
+        images, annotations = splits["val" if name in val_names else "train"]
+        height, width = image.shape[:2]
+        images.append({"id": image_id, "file_name": f"images/{name}", "width": width, "height": height})
+        for annotation in objects:
+            annotations.append({"id": len(annotations) + 1 + 100000 * image_id, "image_id": image_id, **annotation})
+    for split, (images, annotations) in splits.items():
+        _write_coco(output, split, images, annotations, categories)
+
+
 def prepare_trees(
     output: str | os.PathLike,
     *,
@@ -169,26 +194,17 @@ def prepare_trees(
                 name = f"{stem}_{y0}_{x0}.png" if (height > tile or width > tile) else f"{stem}.png"
                 records.append((name, crop, boxes))
     categories = sorted({label for _, _, boxes in records for label, _ in boxes})
-    val_names = _split([name for name, _, _ in records], val_fraction, seed)
-    splits: dict[str, tuple[list, list]] = {"train": ([], []), "val": ([], [])}
-    for image_id, (name, crop, boxes) in enumerate(records, start=1):
-        Image.fromarray(crop).save(output / "images" / name)
-        images, annotations = splits["val" if name in val_names else "train"]
-        images.append({"id": image_id, "file_name": f"images/{name}", "width": crop.shape[1], "height": crop.shape[0]})
-        for label, (x1, y1, x2, y2) in boxes:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1 + 100000 * image_id,
-                    "image_id": image_id,
-                    "category_id": categories.index(label) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
-            )
-    for split, (images, annotations) in splits.items():
-        _write_coco(output, split, images, annotations, categories)
+    annotated = [
+        (name, crop, [_box_annotation(box, categories.index(label) + 1) for label, box in boxes])
+        for name, crop, boxes in records
+    ]
+    _write_sets(output, annotated, categories, val_fraction, seed)
     return output
+
+
+def _box_annotation(box: list[float], category_id: int) -> dict:
+    x1, y1, x2, y2 = box
+    return {"category_id": category_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
 
 
 def prepare_nuclei(
@@ -224,26 +240,12 @@ def prepare_nuclei(
                 ys, xs = np.nonzero(mask)
                 instances.append((mask, [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]))
             records.append((f"nuclei_{y0}_{x0}.png", rgb[y0 : y0 + tile_h, x0 : x0 + tile_w], instances))
-    val_names = _split([name for name, _, _ in records], val_fraction, seed)
-    splits: dict[str, tuple[list, list]] = {"train": ([], []), "val": ([], [])}
-    for image_id, (name, crop, instances) in enumerate(records, start=1):
-        Image.fromarray(crop).save(output / "images" / name)
-        images, annotations = splits["val" if name in val_names else "train"]
-        images.append({"id": image_id, "file_name": f"images/{name}", "width": crop.shape[1], "height": crop.shape[0]})
-        for mask, (x1, y1, x2, y2) in instances:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1 + 100000 * image_id,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": float(mask.sum()),
-                    "iscrowd": 0,
-                    "segmentation": encode_rle(mask),
-                }
-            )
-    for split, (images, annotations) in splits.items():
-        _write_coco(output, split, images, annotations, ["nucleus"])
+    annotated = [
+        (name, crop, [_box_annotation(box, 1) | {"area": float(mask.sum()), "segmentation": encode_rle(mask)}
+                      for mask, box in instances])
+        for name, crop, instances in records
+    ]  # fmt: skip
+    _write_sets(output, annotated, ["nucleus"], val_fraction, seed)
     return output
 
 

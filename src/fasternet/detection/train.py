@@ -194,10 +194,8 @@ def _train(config: DetectionTrainConfig, info: DistInfo) -> dict[str, Any]:
 
     start_epoch, best_ap, history = 0, -1.0, []
     if config.resume and last_path.exists():
-        state, history = load_resume_state(last_path, log_path, s)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+        state, history = load_resume_state(last_path, log_path, s, stateful)
         start_epoch, best_ap = state["epoch"], state["best_ap"]
         if info.is_main:
             logger.info("resuming %s after epoch %d", output, start_epoch)

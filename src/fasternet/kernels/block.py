@@ -9,9 +9,7 @@ reference of the same computation elsewhere; its fake (meta) implementation lets
 from __future__ import annotations
 
 import copy
-import statistics
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +17,16 @@ from torch import nn
 
 from fasternet.deploy import DeployedBlock, DeployedFasterNet, deploy, split_to_concat
 from fasternet.models import FasterNet
+from fasternet.timing import median_seconds
 
-__all__ = ["FusedBlock", "choose_fused_stages", "fuse_blocks", "fused_block_reference", "pack_block"]
+__all__ = [
+    "FusedBlock",
+    "choose_fused_stages",
+    "fuse_blocks",
+    "fused_block_reference",
+    "pack_block",
+    "stage_block_inputs",
+]
 
 
 def fused_block_reference(
@@ -133,18 +139,18 @@ def fuse_blocks(
     return deployed.to(memory_format=torch.channels_last)
 
 
-def _median_seconds(call, x: torch.Tensor, repeats: int) -> float:
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    for _ in range(3):
-        call(x)
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(x)
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+@torch.inference_mode()
+def stage_block_inputs(
+    deployed: DeployedFasterNet, x: torch.Tensor
+) -> Iterator[tuple[list[DeployedBlock], torch.Tensor]]:
+    """Each stage's blocks and the tensor they get (after the stem and the stage's merging layer)."""
+    x = deployed.stem(x)
+    for stage in deployed.stages:
+        layers = list(stage)
+        start = 0 if isinstance(layers[0], DeployedBlock) else 1
+        x = nn.Sequential(*layers[:start])(x).contiguous(memory_format=torch.channels_last)
+        yield layers[start:], x
+        x = nn.Sequential(*layers[start:])(x)
 
 
 @torch.inference_mode()
@@ -166,23 +172,14 @@ def choose_fused_stages(
     """
     if deployed.form != "split":
         raise ValueError("choose_fused_stages() needs the split form: deploy(model, form='split')")
-    model = _copy_to(deployed, device, dtype)
+    model = copy.deepcopy(deployed).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
     x = torch.randn(*input_size, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    x = model.stem(x)
     choice, timings = [], []
-    for stage in model.stages:
-        layers = list(stage)
-        start = 1 if layers and not isinstance(layers[0], DeployedBlock) else 0
-        x = nn.Sequential(*layers[:start])(x).contiguous(memory_format=torch.channels_last)
-        plain = nn.Sequential(*[split_to_concat(b) if unfused_form == "concat" else b for b in layers[start:]])
-        fused = nn.Sequential(*[FusedBlock(layer) for layer in layers[start:]])
-        unfused_s = _median_seconds(plain, x, repeats)
-        fused_s = _median_seconds(fused, x, repeats)
+    for blocks, x_stage in stage_block_inputs(model, x):
+        plain = nn.Sequential(*[split_to_concat(b) if unfused_form == "concat" else b for b in blocks])
+        fused = nn.Sequential(*[FusedBlock(b) for b in blocks])
+        unfused_s = median_seconds(lambda m=plain, x=x_stage: m(x), repeats=repeats)
+        fused_s = median_seconds(lambda m=fused, x=x_stage: m(x), repeats=repeats)
         choice.append(fused_s * margin < unfused_s)
         timings.append({"unfused_ms": 1e3 * unfused_s, "fused_ms": 1e3 * fused_s})
-        x = plain(x)
     return choice, timings
-
-
-def _copy_to(deployed: DeployedFasterNet, device: torch.device | str, dtype: torch.dtype) -> DeployedFasterNet:
-    return copy.deepcopy(deployed).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)

@@ -148,10 +148,12 @@ def block_config(channels: int, conv_channels: int, hidden: int, dtype: torch.dt
         )
     fuse = block_cp <= 64
     # Unfused, hidden chunks of 32 spill 16 bytes on sm90 (ptxas keeps ~96 registers); 64 does not.
-    # One pass over up to 256 output channels: on an H200 (benchmarks/results/gpu_h200/configs.jsonl)
-    # 32 x 256 tiles were 1.7-2.4x faster than 32 x 64 ones from C = 80 on (the expansion is not
-    # recomputed per output tile) and no slower below; 64-pixel tiles lost at most shapes. Eight
-    # warps keep the 32 x 256 accumulator in registers (four spill on sm80 and sm90).
+    # One pass over up to 256 output channels, so the expansion is not recomputed per output tile:
+    # on an H200 these tiles were 1.26-2.16x faster than 32 x 64 ones from C = 80 on, except on
+    # S's first stage (0.99x) (benchmarks/results/gpu_h200/run2_configs.jsonl). Eight warps keep
+    # the accumulator in registers on sm80 and sm90; four were faster still up to C = 256 (S's
+    # first stage 4.97 vs 8.09 ms) but spill registers (sm80 at C = 160 and 256, sm90 at C = 80
+    # and 128 in one of fp16/bf16), which tests/scripts/compile_block.py refuses.
     return BlockConfig(
         block_m=32,
         block_n=min(256, _pow2(channels)),
