@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from fasternet.bench import machine_description
+from fasternet._utils import machine_description
 from fasternet.detection import create_detector
 
 

@@ -38,13 +38,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fasternet.deploy import deploy  # noqa: E402
-from fasternet.export import relative_error  # noqa: E402
-from fasternet.kernels.block import FusedBlock, choose_fused_stages, fuse_blocks, stage_block_inputs  # noqa: E402
-from fasternet.models import create_model  # noqa: E402
-from fasternet.profile import profile  # noqa: E402
-from fasternet.runners import TORCH_DTYPES, runner  # noqa: E402
-from fasternet.timing import interleaved, median_seconds, synchronize  # noqa: E402
+from fasternet import (
+    create_model,  # noqa: E402
+    profile,  # noqa: E402
+)
+from fasternet._utils import relative_error  # noqa: E402
+from fasternet.inference.deployed import deploy  # noqa: E402
+from fasternet.inference.kernels.block import FusedBlock, choose_fused_stages, fuse_blocks, stage_block_inputs  # noqa: E402
+from fasternet.inference.runners import TORCH_DTYPES, runner  # noqa: E402
+from fasternet.inference.timing import interleaved, median_seconds, synchronize  # noqa: E402
 
 
 class Budget:
@@ -275,7 +277,7 @@ def configs_phase(args: argparse.Namespace, peak_gb_s: float, out: Path, budget:
     if not args.device.startswith("cuda"):
         log("configs: needs CUDA (Triton launcher); skipped")
         return
-    from fasternet.kernels.triton_block import BlockConfig, block_config, launch_block
+    from fasternet.inference.kernels.triton_block import BlockConfig, block_config, launch_block
 
     batch = max(args.batches)
     for name in args.models:

@@ -16,11 +16,11 @@ import warnings
 import torch
 
 import fasternet
-from fasternet.bench import machine_description
-from fasternet.deploy import deploy
-from fasternet.quantize import quantize
-from fasternet.runners import runner
-from fasternet.timing import interleaved
+from fasternet._utils import machine_description
+from fasternet.inference.deployed import deploy
+from fasternet.inference.quantization import quantize
+from fasternet.inference.runners import runner
+from fasternet.inference.timing import interleaved
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ import statistics
 import torch
 
 import fasternet
-from fasternet.bench import machine_description
-from fasternet.deploy import deploy
-from fasternet.runners import runner
-from fasternet.timing import interleaved
+from fasternet._utils import machine_description
+from fasternet.inference.deployed import deploy
+from fasternet.inference.runners import runner
+from fasternet.inference.timing import interleaved
 
 
 def main() -> None:

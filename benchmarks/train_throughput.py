@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fasternet.data import EvalTransform, ImageFolder, TrainCrop, load_image
 from PIL import Image
 
 import fasternet
-from fasternet.data import EvalTransform, ImageFolder, TrainCrop, load_image
 
 
 def cpu_description() -> str:

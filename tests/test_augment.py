@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from fasternet.augment import OPS, BatchAugment, Mixup, RandAugmentSpec, SampleParams, _apply_op
+from fasternet.training.augment import OPS, BatchAugment, Mixup, RandAugmentSpec, SampleParams, _apply_op
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from fasternet.bench import OPERATOR_SHAPES, OPERATORS, PAPER_OPERATOR_FLOPS, operator_macs
-from fasternet.timing import interleaved, median_seconds
+from fasternet.inference.bench import OPERATOR_SHAPES, OPERATORS, PAPER_OPERATOR_FLOPS, operator_macs
+from fasternet.inference.timing import interleaved, median_seconds
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import fasternet
 from conftest import REFERENCE, TINY, VARIANT_KEYS, load_reference, relative_error
 from fasternet import CheckpointError, FasterNet, convert_state_dict, load_checkpoint
-from fasternet.checkpoints import identify_variant, infer_config, read_checkpoint
+from fasternet.io.checkpoints import identify_variant, infer_config, read_checkpoint
 
 NAMES = list(VARIANT_KEYS)
 LAYOUT_OF = {"official": "official_classification", "timm": "timm"}

@@ -5,21 +5,16 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fasternet.data import (
-    EpochSampler,
-    EvalTransform,
-    ImageFolder,
-    TrainCrop,
-    collate_skipping_failures,
-    load_image,
-    prepare_fashion_mnist,
-)
+from fasternet import EvalTransform, prepare_fashion_mnist
+from fasternet.io.images import ImageFolder, Unreadable, collate_skipping_failures, expand_image_paths, load_image
+from fasternet.training.data import EpochSampler, ShardSampler, TrainCrop
 from imagetools import make_folder, write_awkward_images
 
 
@@ -43,17 +38,31 @@ def test_cmyk_and_rgba_keep_their_colors(tmp_path):
     assert np.asarray(load_image(tmp_path / "clear.png"))[0, 0].tolist() == [255, 255, 255]
 
 
-def test_image_folder_skips_unreadable_images_and_counts_them(tmp_path, caplog):
+def test_image_folder_sets_unreadable_images_aside_and_names_them(tmp_path):
     expected = write_awkward_images(tmp_path / "only")
     folder = ImageFolder(tmp_path, transform=EvalTransform(32, 1.0))
     assert folder.classes == ["only"] and len(folder) == len(expected)
     loader = torch.utils.data.DataLoader(folder, batch_size=4, collate_fn=collate_skipping_failures)
-    total = skipped = 0
+    total, unreadable = 0, []
     for batch, failed in loader:
-        skipped += failed
+        unreadable += failed
         total += 0 if batch is None else batch[0].shape[0]
-    assert skipped == 2 and total == 6
-    assert "skipping unreadable image" in caplog.text
+    assert total == 6
+    assert sorted(Path(u.path).name for u in unreadable) == ["not_an_image.jpg", "truncated.jpg"]
+    assert all(isinstance(u, Unreadable) and u.reason for u in unreadable)
+
+
+def test_a_folder_given_as_images_means_the_images_in_it(tmp_path):
+    write_awkward_images(tmp_path / "pics")
+    (tmp_path / "pics" / "notes.txt").write_text("not an image")
+    (tmp_path / "pics" / "deeper").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "pics" / "deeper" / "z.png")
+    single = tmp_path / "single.txt"
+    found = expand_image_paths([tmp_path / "pics", single])
+    names = ["cmyk.jpg", "deeper/z.png", "gray.png", "not_an_image.jpg", "palette.png", "rgba.png"]
+    names += ["sixteen_bit.png", "tiny.png", "truncated.jpg"]
+    assert [p.relative_to(tmp_path / "pics").as_posix() for p in found[:-1]] == sorted(names)
+    assert found[-1] == single  # a file is taken as given, whatever its name
 
 
 def test_image_folder_errors(tmp_path):
@@ -97,9 +106,9 @@ def test_train_crop_is_reproducible_per_sample_and_covers_the_scale_range():
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_sharded_batches_equal_the_single_process_global_batches(world_size):
     global_batch, n = 8, 37
-    single = list(EpochSampler(n, seed=3, global_batch=global_batch))
+    single = [i for i, _, _ in EpochSampler(n, seed=3, global_batch=global_batch)]
     shards = [
-        list(EpochSampler(n, rank=r, world_size=world_size, seed=3, global_batch=global_batch))
+        [i for i, _, _ in EpochSampler(n, rank=r, world_size=world_size, seed=3, global_batch=global_batch)]
         for r in range(world_size)
     ]
     local = global_batch // world_size
@@ -110,18 +119,18 @@ def test_sharded_batches_equal_the_single_process_global_batches(world_size):
 
 
 def test_evaluation_shards_visit_every_sample_once():
-    shards = [list(EpochSampler(11, rank=r, world_size=3, shuffle=False)) for r in range(3)]
+    shards = [list(ShardSampler(11, rank=r, world_size=3)) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(11))
 
 
 def test_sampler_order_depends_on_seed_and_epoch_only():
-    s = EpochSampler(20, seed=1)
+    s = EpochSampler(20, seed=1, global_batch=4)
     s.set_epoch(2, 32)
     first = list(s)
     assert first[0][1:] == (2, 32)
     s.set_epoch(3, 32)
     assert list(s) != first
-    again = EpochSampler(20, seed=1)
+    again = EpochSampler(20, seed=1, global_batch=4)
     again.set_epoch(2, 32)
     assert list(again) == first
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -10,10 +11,10 @@ from torch import nn
 
 import fasternet
 from conftest import TINY
-from fasternet import FasterNet
-from fasternet.deploy import DeployedFasterNet, deploy, fold_bn, split_to_concat
-from fasternet.export import ExportError, export, relative_error
-from fasternet.runners import UnsupportedPrecisionError, cpu_has_bf16, runner
+from fasternet import ExportError, FasterNet, export
+from fasternet._utils import cache_dir, cpu_has_bf16, relative_error
+from fasternet.inference.deployed import DeployedFasterNet, deploy, fold_bn, split_to_concat
+from fasternet.inference.runners import UnsupportedPrecisionError, runner
 
 NAMES = fasternet.list_models()
 
@@ -133,7 +134,7 @@ def test_onnx_is_about_the_size_of_the_fp32_weights(tmp_path):
 
 
 def test_export_raises_when_the_runtime_disagrees(tmp_path, monkeypatch):
-    import fasternet.export as export_module
+    import fasternet.inference.exporters as export_module
 
     original = export_module._outputs
     monkeypatch.setattr(export_module, "_outputs", lambda m, x: [o + 1 for o in original(m, x)])
@@ -175,9 +176,9 @@ def test_bf16_runners_stay_close(backend):
 
 
 def test_bf16_is_refused_where_unsupported(monkeypatch):
-    import fasternet.runners as runners_module
+    import fasternet.inference.runners as runners_module
 
-    monkeypatch.setattr(runners_module, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(runners_module, "cpu_has_bf16", lambda: False)
     with pytest.raises(UnsupportedPrecisionError, match="no native bf16"):
         runner(tiny(), backend="torch", precision="bf16")
     with pytest.raises(UnsupportedPrecisionError, match="onnxruntime"):
@@ -185,27 +186,16 @@ def test_bf16_is_refused_where_unsupported(monkeypatch):
 
 
 def test_missing_backend_names_the_extra(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "openvino":
-            raise ImportError("No module named 'openvino'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what an environment without it gives: ImportError
     with pytest.raises(ImportError, match=r"pip install 'fasternet\[deploy\]'"):
         runner(tiny(), backend="openvino")
 
 
 def test_auto_picks_a_backend_once_and_caches_it():
-    from fasternet.runners import _autotune_file
-
     model = tiny()
     first = runner(model, backend="auto", input_size=(1, 3, 64, 64))
     assert first.backend in ("torch", "onnxruntime", "openvino")
-    cache = json.loads(_autotune_file().read_text())
+    cache = json.loads((cache_dir() / "autotune.json").read_text())
     (entry,) = cache.values()
     assert entry["backend"] == first.backend and set(entry["seconds"]) == {"torch", "onnxruntime", "openvino"}
     assert runner(model, backend="auto", input_size=(1, 3, 64, 64)).backend == first.backend

@@ -40,7 +40,7 @@ def test_distributed_batchnorm_equals_one_batchnorm_over_the_global_batch(tmp_pa
     script.write_text(
         textwrap.dedent("""
         import json, sys, torch, torch.distributed as dist
-        from fasternet.distributed import DistributedBatchNorm2d
+        from fasternet.training.distributed import DistributedBatchNorm2d
         dist.init_process_group("gloo")
         rank = dist.get_rank()
         torch.manual_seed(0)

@@ -12,8 +12,9 @@ import torch
 import fasternet
 from conftest import TINY
 from fasternet import CheckpointError, FasterNet, convert_state_dict
-from fasternet import models as models_module
-from fasternet.hub import cache_dir, download
+from fasternet._utils import cache_dir
+from fasternet.io.hub import download
+from fasternet.models import registry
 
 
 def _official_t0_file(path):
@@ -43,7 +44,7 @@ def test_pretrained_true_uses_the_cached_release_file_offline(monkeypatch):
     variant = fasternet.get_variant("fasternet_t0")
     cache_dir().mkdir(parents=True, exist_ok=True)
     source = _official_t0_file(cache_dir() / variant.checkpoint_file)
-    monkeypatch.setattr(models_module, "RELEASE_URL_PREFIX", "http://127.0.0.1:9/")  # nothing listens there
+    monkeypatch.setattr(registry, "RELEASE_URL_PREFIX", "http://127.0.0.1:9/")  # nothing listens there
     model = fasternet.create_model("fasternet_t0", pretrained=True)
     assert _same(model, source)
 
@@ -58,7 +59,7 @@ def test_pretrained_true_for_finetuning_keeps_the_backbone():
 
 
 def test_offline_error_names_the_url_and_where_to_put_the_file(monkeypatch):
-    monkeypatch.setattr(models_module, "RELEASE_URL_PREFIX", "http://127.0.0.1:9/")
+    monkeypatch.setattr(registry, "RELEASE_URL_PREFIX", "http://127.0.0.1:9/")
     start = time.monotonic()
     with pytest.raises(CheckpointError) as info:
         fasternet.create_model("fasternet_t0", pretrained=True)
@@ -69,11 +70,18 @@ def test_offline_error_names_the_url_and_where_to_put_the_file(monkeypatch):
     assert str(cache_dir() / name) in message
 
 
-def test_the_real_release_url_is_named_offline():
-    variant = fasternet.get_variant("fasternet_s")
-    assert variant.url == (
+def test_the_real_release_url_is_named_offline(paper):
+    weights = fasternet.get_weights("fasternet_s")
+    assert weights.tag == "fasternet_s.in1k" and fasternet.get_variant("fasternet_s").url == weights.url
+    assert weights.url == (
         "https://github.com/JierunChen/FasterNet/releases/download/v1.0/fasternet_s-epoch.299-val_acc1.81.2840.pth"
     )
+    released = paper["official_checkpoints"]
+    for name in fasternet.list_models():
+        record = fasternet.get_weights(f"{name}.in1k")
+        assert [record.file_name, record.top1] == released[name]
+        assert record.url == released["release_url_prefix"] + record.file_name
+        assert (record.transform.image_size, record.transform.crop_pct) == (224, 0.9)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -13,10 +13,16 @@ import pytest
 import torch
 
 import fasternet
-from fasternet.deploy import deploy
-from fasternet.export import relative_error
-from fasternet.kernels.block import FusedBlock, choose_fused_stages, fuse_blocks, fused_block_reference, pack_block
-from fasternet.runners import runner
+from fasternet._utils import relative_error
+from fasternet.inference.deployed import deploy
+from fasternet.inference.kernels.block import (
+    FusedBlock,
+    choose_fused_stages,
+    fuse_blocks,
+    fused_block_reference,
+    pack_block,
+)
+from fasternet.inference.runners import runner
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ENV = {

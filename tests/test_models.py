@@ -9,7 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fasternet
 from conftest import TINY, VARIANT_KEYS
-from fasternet.models import DropPath, FasterNet, PartialConv
+from fasternet import FasterNet
+from fasternet.layers import DropPath, PartialConv
 
 PAPER_NAMES = ["fasternet_t0", "fasternet_t1", "fasternet_t2", "fasternet_s", "fasternet_m", "fasternet_l"]
 

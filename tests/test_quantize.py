@@ -12,15 +12,15 @@ import torch
 
 import fasternet
 from conftest import TINY
-from fasternet import FasterNet
-from fasternet.data import EvalTransform, ImageFolder
-from fasternet.export import relative_error
-from fasternet.quantize import QuantizationError, load_quantized, quantize
-from fasternet.runners import runner
+from fasternet import EvalTransform, FasterNet
+from fasternet._utils import relative_error
+from fasternet.inference.quantization import QuantizationError, load_quantized, quantize
+from fasternet.inference.runners import runner
+from fasternet.io.images import ImageFolder
 from imagetools import make_dataset, make_folder
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
-SETTINGS = {"image_size": 64, "crop_pct": 1.0}
+TRANSFORM = EvalTransform(64, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def model():
 
 
 def _images(folder, n=6):
-    dataset = ImageFolder(folder, transform=EvalTransform(64, 1.0))
+    dataset = ImageFolder(folder, transform=TRANSFORM)
     return torch.stack([dataset[i][0] for i in range(n)])
 
 
@@ -43,7 +43,7 @@ def _images(folder, n=6):
 def test_int8_runs_and_stays_close_to_fp32_on_calibration_like_data(backend, model, calibration, tmp_path):
     suffix = ".xml" if backend == "openvino" else ".onnx"
     quantized = quantize(
-        model, calibration, backend=backend, samples=24, settings=SETTINGS, output=tmp_path / f"int8{suffix}"
+        model, calibration, backend=backend, samples=24, transform=TRANSFORM, output=tmp_path / f"int8{suffix}"
     )
     assert quantized.path.exists() and quantized.metadata["calibration_samples"] == 24
     x = _images(calibration)
@@ -58,14 +58,14 @@ def test_int8_runs_and_stays_close_to_fp32_on_calibration_like_data(backend, mod
 
 
 def test_keep_stem_and_head_in_fp32(model, calibration, tmp_path):
-    quantized = quantize(model, calibration, samples=8, keep_fp32=("stem", "head"), settings=SETTINGS)
+    quantized = quantize(model, calibration, samples=8, keep_fp32=("stem", "head"), transform=TRANSFORM)
     assert quantized.metadata["keep_fp32"] == ["stem", "head"]
     assert runner(quantized, precision="int8")(_images(calibration, 1)).shape == (1, 10)
 
 
 def test_a_file_from_another_model_or_version_is_refused(model, calibration, tmp_path):
     quantized = quantize(
-        model, calibration, samples=8, settings=SETTINGS, output=tmp_path / "a.onnx", backend="onnxruntime"
+        model, calibration, samples=8, transform=TRANSFORM, output=tmp_path / "a.onnx", backend="onnxruntime"
     )
     other = FasterNet(**TINY)
     with pytest.raises(QuantizationError, match="quantized from another model"):
@@ -80,7 +80,7 @@ def test_a_file_from_another_model_or_version_is_refused(model, calibration, tmp
     onnx.save(graph, str(tmp_path / "old.onnx"))
     with pytest.raises(QuantizationError, match="another fasternet version"):
         load_quantized(tmp_path / "old.onnx")
-    fp32 = fasternet.export.export(model, tmp_path / "plain.onnx", input_size=(1, 3, 64, 64))
+    fp32 = fasternet.export(model, tmp_path / "plain.onnx", input_size=(1, 3, 64, 64))
     with pytest.raises(QuantizationError, match="not written by fasternet.quantize"):
         load_quantized(fp32)
 
@@ -88,15 +88,15 @@ def test_a_file_from_another_model_or_version_is_refused(model, calibration, tmp
 def test_calibration_errors(model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(QuantizationError, match="no class folders"):
-        quantize(model, tmp_path / "empty", settings=SETTINGS)
+        quantize(model, tmp_path / "empty", transform=TRANSFORM)
     broken = tmp_path / "broken" / "cls"
     broken.mkdir(parents=True)
     (broken / "a.jpg").write_text("not an image")
     with pytest.raises(QuantizationError, match="no calibration image could be read"):
-        quantize(model, tmp_path / "broken", settings=SETTINGS)
+        quantize(model, tmp_path / "broken", transform=TRANSFORM)
     wrong = [torch.randn(3, 32, 32) for _ in range(4)]
     with pytest.raises(QuantizationError, match="model is quantized for"):
-        quantize(model, wrong, settings=SETTINGS)
+        quantize(model, wrong, transform=TRANSFORM)
 
 
 def test_int8_without_calibration_is_explained(model):

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 import fasternet
 from conftest import SHARED
-from fasternet.train import RECIPES, TrainConfig, lr_at_epoch
+from fasternet.io.images import load_image
+from fasternet.training.run import lr_at_epoch
 from imagetools import make_dataset, make_folder, write_awkward_images
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
@@ -69,10 +70,10 @@ def test_recipes_match_the_paper(paper):
     table = paper["training_recipe"]
     columns = table["columns"]
     common = table["common"]
-    for name, recipe in RECIPES.items():
+    for name, recipe in fasternet.RECIPES.items():
         row = dict(zip(columns, table[name], strict=True))
-        assert recipe.global_batch == row["global_batch"]
-        assert recipe.lr == row["lr"] == 0.001 * row["global_batch"] / 1024
+        assert recipe.batch_size == row["global_batch"]
+        assert recipe.peak_lr == row["lr"] == 0.001 * row["global_batch"] / 1024
         assert recipe.weight_decay == row["weight_decay"]
         assert recipe.clip_grad == row["clip_grad_norm"]
         assert (
@@ -89,17 +90,22 @@ def test_recipes_match_the_paper(paper):
         assert recipe.crop_pct == pytest.approx(224 / 248, abs=0.01)
 
 
-def test_resolved_settings_and_lr_schedule():
-    s = TrainConfig(model="fasternet_m", data="d", output="o").resolve()
-    assert s["batch_size"] == 2048 and s["lr"] == 0.002 and s["clip_grad"] == 1.0
-    assert s["randaugment"] == "rand-m7-mstd0.5-inc1" and s["early_image_size"] == 192
+def test_resolved_recipe_and_lr_schedule():
+    s = fasternet.recipe_for("fasternet_m")
+    assert s.batch_size == 2048 and s.peak_lr == 0.002 and s.clip_grad == 1.0 and s.lr_rule == "0.001 x 2048 / 1024"
+    assert s.randaugment == "rand-m7-mstd0.5-inc1" and s.early_image_size == 192
     assert lr_at_epoch(0, s) == pytest.approx(1e-6)
     assert lr_at_epoch(10, s) == pytest.approx(1e-6 + (0.002 - 1e-6) / 2)
     assert lr_at_epoch(20, s) == pytest.approx(0.002)
     assert lr_at_epoch(160, s) == pytest.approx(1e-5 + 0.5 * (0.002 - 1e-5))
     assert lr_at_epoch(300, s) == pytest.approx(1e-5)
-    small = TrainConfig(model="fasternet_t0", data="d", output="o", batch_size=256, randaugment="none").resolve()
-    assert small["lr"] == pytest.approx(0.00025) and small["randaugment"] is None and small["clip_grad"] is None
+    small = fasternet.recipe_for("fasternet_t0", batch_size=256, randaugment="none", clip_grad=0, image_size=64)
+    assert small.peak_lr == pytest.approx(0.00025) and small.randaugment is None and small.clip_grad is None
+    assert small.early_image_size == 64  # no progressive resolution away from the recipe's own size
+    with pytest.raises(TypeError, match="unknown recipe setting"):
+        fasternet.recipe_for("fasternet_t0", learning_rate=1)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        fasternet.recipe_for("fasternet_t0", epochs=0)
 
 
 def test_training_lowers_the_loss_and_writes_three_files(dataset, tmp_path):
@@ -260,12 +266,12 @@ def test_eval_matches_an_independent_computation(dataset, tmp_path):
         .splitlines()[-1]
     )
     model = fasternet.create_model_from_checkpoint(out / "best.safetensors").eval()
-    transform = fasternet.data.EvalTransform(32, 0.9)
+    transform = fasternet.EvalTransform(32, 0.9)
     correct = total = 0
     for c, name in enumerate(model.class_names):
         for file in sorted((dataset / "val" / name).iterdir()):
             with torch.no_grad():
-                logits = model(transform(fasternet.data.load_image(file)).unsqueeze(0))
+                logits = model(transform(load_image(file)).unsqueeze(0))
             correct += int(logits.argmax() == c)
             total += 1
     assert numbers["images"] == total

@@ -1,32 +1,85 @@
-"""fasternet: PConv and the FasterNet backbones, exact to the paper and fast in practice."""
+"""fasternet: PConv and the FasterNet backbones, exact to the paper and fast in practice.
 
-from fasternet.checkpoints import (
+Models: ``create_model``, ``list_models``, ``FasterNet``, ``layers`` (PConv and blocks for any
+network). Checkpoints: ``load_checkpoint``, ``save_checkpoint``, ``read_checkpoint``,
+``convert_state_dict``. Training: ``train``, ``evaluate``. Inference: ``deploy``, ``export``,
+``runner``, ``quantize``, ``predict``, ``profile``. Detection lives in ``fasternet.detection``
+(needs torchvision). The layers import one way: models <- io <- builder <- training /
+inference / detection <- cli (see the README, "Layout of the code").
+"""
+
+from fasternet import layers
+from fasternet._version import __version__
+from fasternet.builder import create_model, create_model_from_checkpoint
+from fasternet.inference.deployed import deploy
+from fasternet.inference.exporters import ExportError, export
+from fasternet.inference.predict import Prediction, predict
+from fasternet.inference.profiler import profile
+from fasternet.inference.quantization import QuantizationError, QuantizedModel, load_quantized, quantize
+from fasternet.inference.runners import Runner, UnsupportedPrecisionError, runner
+from fasternet.io.checkpoints import (
     Checkpoint,
     CheckpointError,
+    LoadReport,
     convert_state_dict,
-    create_model_from_checkpoint,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
-from fasternet.models import FasterNet, PartialConv, create_model, get_variant, list_models
-from fasternet.profile import profile
-
-__version__ = "0.1.0"
+from fasternet.layers import PartialConv
+from fasternet.models import (
+    EvalTransform,
+    FasterNet,
+    Variant,
+    Weights,
+    get_variant,
+    get_weights,
+    list_models,
+    list_weights,
+)
+from fasternet.training.data import prepare_fashion_mnist
+from fasternet.training.engine import EvalResult
+from fasternet.training.recipes import RECIPES, Recipe, recipe_for
+from fasternet.training.run import train
 
 __all__ = [
+    "RECIPES",
     "Checkpoint",
     "CheckpointError",
+    "EvalResult",
+    "EvalTransform",
+    "ExportError",
     "FasterNet",
+    "LoadReport",
     "PartialConv",
+    "Prediction",
+    "QuantizationError",
+    "QuantizedModel",
+    "Recipe",
+    "Runner",
+    "UnsupportedPrecisionError",
+    "Variant",
+    "Weights",
     "__version__",
     "convert_state_dict",
     "create_model",
     "create_model_from_checkpoint",
+    "deploy",
+    "export",
     "get_variant",
+    "get_weights",
+    "layers",
     "list_models",
+    "list_weights",
     "load_checkpoint",
+    "load_quantized",
+    "predict",
+    "prepare_fashion_mnist",
     "profile",
+    "quantize",
     "read_checkpoint",
+    "recipe_for",
+    "runner",
     "save_checkpoint",
+    "train",
 ]

@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
-from fasternet.kernels.triton_block import ACTIVATIONS, _fasternet_block_kernel, block_config
+from fasternet.inference.kernels.triton_block import ACTIVATIONS, _fasternet_block_kernel, block_config
 
 STAGES = {"fasternet_t0": (40, 80, 160, 320), "fasternet_s": (128, 256, 512, 1024)}
 ACT = {"fasternet_t0": "gelu", "fasternet_s": "relu"}

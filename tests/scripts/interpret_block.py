@@ -16,8 +16,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from fasternet.kernels.block import fused_block_reference  # noqa: E402
-from fasternet.kernels.triton_block import BlockConfig, block_config, launch_block  # noqa: E402
+from fasternet.inference.kernels.block import fused_block_reference  # noqa: E402
+from fasternet.inference.kernels.triton_block import BlockConfig, block_config, launch_block  # noqa: E402
 
 # (batch, channels, height, width): T0's and S's stage shapes, odd sizes, batch > 1
 T0 = [(1, 40, 56, 56), (1, 80, 28, 28), (1, 160, 14, 14), (1, 320, 7, 7)]

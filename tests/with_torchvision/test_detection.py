@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fasternet.checkpoints import CheckpointError
 from fasternet.detection import create_detector, load_detector, load_mmdet, save_detector
 from fasternet.detection.data import CocoDetection, collate_detection, prepare_nuclei, prepare_trees
 from fasternet.detection.evaluate import coco_evaluate
 from fasternet.detection.models import paste_masks
+from fasternet.io.checkpoints import CheckpointError
 from paths import SHARED
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from fasternet.checkpoints import CheckpointError
-from fasternet.detection.mmdet import load_mmdet
+from fasternet.detection import load_mmdet
+from fasternet.io.checkpoints import CheckpointError
 from paths import REFERENCE
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fasternet.data import load_image
+from fasternet.io.images import Unreadable, read_image
 
 __all__ = ["CocoDetection", "collate_detection", "decode_segmentation", "encode_rle", "prepare_nuclei", "prepare_trees"]
 
@@ -257,7 +257,8 @@ class CocoDetection(torch.utils.data.Dataset):
     """Images and targets of a COCO json: boxes (xyxy), labels (1..K), masks, image_id.
 
     Category ids are mapped to contiguous labels 1..K in the order of the json's categories;
-    ``class_names`` holds their names. Images that cannot be read come back as ``None``.
+    ``class_names`` holds their names. An image that cannot be read comes back as an
+    :class:`~fasternet.io.images.Unreadable` record.
     """
 
     def __init__(
@@ -318,18 +319,17 @@ class CocoDetection(torch.utils.data.Dataset):
             )
         return target
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | Unreadable:
         info = self.images[index]
-        try:
-            image = load_image(self.root / info["file_name"])
-        except Exception as error:
-            logger.warning("skipping unreadable image %s (%s)", info["file_name"], error)
-            return None
+        image = read_image(self.root / info["file_name"])
+        if isinstance(image, Unreadable):
+            return image
         x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
         return x, self.target(index)
 
 
-def collate_detection(batch: list) -> tuple[list, list, int]:
-    """Lists of images and targets (detectors take lists); the number of unreadable ones."""
-    good = [item for item in batch if item is not None]
-    return [image for image, _ in good], [target for _, target in good], len(batch) - len(good)
+def collate_detection(batch: list) -> tuple[list, list, list[Unreadable]]:
+    """Lists of images and targets (detectors take lists), and the unreadable files."""
+    good = [item for item in batch if not isinstance(item, Unreadable)]
+    failed = [item for item in batch if isinstance(item, Unreadable)]
+    return [image for image, _ in good], [target for _, target in good], failed

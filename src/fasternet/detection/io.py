@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
-from fasternet.checkpoints import CheckpointError
+from fasternet._utils import atomic_write
+from fasternet.detection.models import create_detector
+from fasternet.io.checkpoints import CheckpointError
 
 __all__ = ["load_detector", "save_detector"]
 
@@ -34,24 +35,12 @@ def save_detector(
     meta = {"format": FORMAT, "config": json.dumps(config), **(metadata or {})}
     if names is not None:
         meta["class_names"] = json.dumps(list(names))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, save(tensors, metadata=meta))
 
 
 def load_detector(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     """The detector a file from :func:`save_detector` describes, in eval mode."""
-    from fasternet.detection.models import create_detector
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"detector checkpoint not found: {path}")

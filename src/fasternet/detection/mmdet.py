@@ -1,7 +1,8 @@
 """The released mmdet 2.x Mask R-CNN checkpoints (FasterNet-S/M/L, 1x COCO) as torchvision models.
 
 mmdet's key layout is mapped onto :func:`fasternet.detection.create_detector`'s Mask R-CNN, with
-the differences that change outputs handled: mmdet puts the background class last in the
+the differences that change outputs handled (the model itself is built by
+:func:`fasternet.detection.load_mmdet`): mmdet puts the background class last in the
 classifier and has no background rows in the box regressor and the mask logits (torchvision
 has background first, everywhere); the backbone carries the official output norms. Box coder
 stds (0.1, 0.1, 0.2, 0.2) are torchvision's weights (10, 10, 5, 5); RPN's are (1, 1, 1, 1) in
@@ -12,25 +13,18 @@ NMS 0.5, 100 detections, masks binarized at 0.5 (``predict``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
-from fasternet.checkpoints import CheckpointError, _read_file, convert_state_dict, identify_variant, infer_config
-from fasternet.hub import resolve_checkpoint
+from fasternet.io.checkpoints import CheckpointError, convert_state_dict, identify_variant, infer_config, read_file
+from fasternet.io.hub import resolve_checkpoint
 from fasternet.models import get_variant
 
-__all__ = ["COCO_CLASSES", "MMDET_CHECKPOINTS", "MMDET_TEST_SETTINGS", "load_mmdet", "mmdet_to_torchvision"]
-
-RELEASE = "https://github.com/JierunChen/FasterNet/releases/download/v1.0/"
-MMDET_CHECKPOINTS = {
-    "fasternet_s": RELEASE + "mask_rcnn_fasternet_s_fpn_1x_coco_20221111_063419.pth",
-    "fasternet_m": RELEASE + "mask_rcnn_fasternet_m_fpn_1x_coco_20221107_124408.pth",
-    "fasternet_l": RELEASE + "mask_rcnn_fasternet_l_fpn_1x_coco_20221107_004433.pth",
-}
+__all__ = ["COCO_CLASSES", "MMDET_TEST_SETTINGS", "MMDetCheckpoint", "mmdet_to_torchvision", "read_mmdet"]
 MMDET_TEST_SETTINGS = dict(
     rpn_pre_nms_top_n_test=1000,
     rpn_post_nms_top_n_test=1000,
@@ -122,28 +116,29 @@ def mmdet_to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[s
     return out, info
 
 
-def load_mmdet(
-    source: str | os.PathLike | Mapping,
-    *,
-    act_layer: str | None = None,
-    class_names: list[str] | None = None,
-    mmdet_test_settings: bool = True,
-    **kwargs: Any,
-) -> nn.Module:
-    """A torchvision Mask R-CNN that gives the detections mmdet gives with this checkpoint.
+@dataclasses.dataclass(frozen=True)
+class MMDetCheckpoint:
+    """An mmdet FasterNet Mask R-CNN checkpoint converted to torchvision's keys, and what it holds."""
 
-    ``source`` is a released mmdet checkpoint (path, URL or its loaded dict). The backbone
-    configuration and the class count are read off the shapes; the activation of unregistered
-    backbones defaults to ReLU (all released detectors use it). ``kwargs`` go to
-    :func:`create_detector` (e.g. ``min_size``, ``image_mean``).
+    state_dict: dict[str, torch.Tensor]
+    backbone: dict[str, Any]  # FasterNet arguments, the activation included
+    num_classes: int
+    masks: bool
+    class_names: list[str] | None
+    origin: str
+
+
+def read_mmdet(source: str | os.PathLike | Mapping, *, act_layer: str | None = None) -> MMDetCheckpoint:
+    """Read and convert a released mmdet checkpoint (path, URL or its loaded dict).
+
+    The backbone configuration and the class count are read off the shapes; the activation of
+    unregistered backbones defaults to ReLU (all released detectors use it).
     """
-    from fasternet.detection.models import create_detector
-
     if isinstance(source, Mapping):
         obj, origin = source, "<dict>"
     else:
         path = resolve_checkpoint(source)
-        obj, _ = _read_file(path)
+        obj, _ = read_file(path)
         origin = str(path)
     if not isinstance(obj, Mapping) or not isinstance(obj.get("state_dict"), Mapping):
         raise CheckpointError(f"{origin} is not an mmdet checkpoint (expected {{'meta', 'state_dict'}})")
@@ -152,27 +147,10 @@ def load_mmdet(
     variant = identify_variant(backbone)
     backbone["act_layer"] = act_layer or (get_variant(variant).model_args["act_layer"] if variant else "relu")
     backbone.pop("features_only", None)
-    names = class_names
+    names = None
     meta = obj.get("meta") or {}
-    if names is None and isinstance(meta, Mapping) and meta.get("CLASSES"):
+    if isinstance(meta, Mapping) and meta.get("CLASSES"):
         names = list(meta["CLASSES"])
     if names is None and info["num_classes"] == len(COCO_CLASSES):
         names = list(COCO_CLASSES)
-    settings = {**(MMDET_TEST_SETTINGS if mmdet_test_settings else {}), **kwargs}
-    model = create_detector(
-        "maskrcnn" if info["masks"] else "fasterrcnn", backbone=backbone, num_classes=info["num_classes"], **settings
-    )
-    expected = model.state_dict()
-    for key, value in state_dict.items():
-        if key not in expected:
-            raise CheckpointError(f"{origin}: unexpected converted key {key}")
-        if expected[key].shape != value.shape:
-            raise CheckpointError(
-                f"{origin}: {key} has shape {list(value.shape)}, the model {list(expected[key].shape)}"
-            )
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise CheckpointError(f"{origin}: the converted checkpoint lacks {', '.join(missing[:5])}")
-    model.load_state_dict(state_dict, strict=False)
-    model.class_names = names or [f"class_{i}" for i in range(1, info["num_classes"] + 1)]
-    return model.eval()
+    return MMDetCheckpoint(state_dict, backbone, info["num_classes"], info["masks"], names, origin)

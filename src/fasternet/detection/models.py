@@ -15,7 +15,9 @@ mmdet and models trained here behave the same way:
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,14 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-from fasternet.checkpoints import load_checkpoint
-from fasternet.hub import resolve_checkpoint
-from fasternet.models import FasterNet, create_model, get_variant
+from fasternet.builder import create_model
+from fasternet.detection.mmdet import MMDET_TEST_SETTINGS, read_mmdet
+from fasternet.io.checkpoints import CheckpointError
+from fasternet.models import FasterNet, get_weights, list_weights
 
 __all__ = [
     "ARCHITECTURES",
@@ -39,6 +43,7 @@ __all__ = [
     "MMDetRoIAlign",
     "MMDetTransform",
     "create_detector",
+    "load_mmdet",
     "paste_masks",
 ]
 
@@ -225,8 +230,6 @@ class ResNetFPN(nn.Module):
 
     def __init__(self, extra: str, trainable_stages: int) -> None:
         super().__init__()
-        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-
         returned = [1, 2, 3, 4] if extra == "maxpool" else [2, 3, 4]
         blocks = LastLevelMaxPool() if extra == "maxpool" else LastLevelP6P7(2048, 256)
         self.inner = resnet_fpn_backbone(
@@ -245,29 +248,21 @@ class ResNetFPN(nn.Module):
 
 
 def _backbone(
-    backbone: str | dict,
-    pretrained_backbone: bool | str,
+    backbone: str | Mapping[str, Any],
+    pretrained_backbone: bool | str | os.PathLike,
     stages: tuple[int, ...],
     extra: str,
     trainable_stages: int,
     norm_eval: bool | None,
-) -> FasterNetFPN:
+) -> FasterNetFPN | ResNetFPN:
     if backbone == "resnet50":
         if pretrained_backbone:
             raise ValueError("the ResNet-50 baseline is built from scratch here (no downloads)")
         return ResNetFPN(extra, trainable_stages)
-    if isinstance(backbone, dict):
-        body = FasterNet(**{**backbone, "features_only": True, "num_classes": 0})
-    else:
-        body = create_model(backbone, features_only=True)
-    if pretrained_backbone:
-        if pretrained_backbone is True:
-            if not isinstance(backbone, str):
-                raise ValueError("pretrained_backbone=True needs a variant name; pass a checkpoint path instead")
-            source = resolve_checkpoint(get_variant(backbone).url)
-        else:
-            source = resolve_checkpoint(pretrained_backbone)
-        load_checkpoint(body, source)
+    if pretrained_backbone is True and not isinstance(backbone, str):
+        raise ValueError("pretrained_backbone=True needs a variant name; pass a checkpoint path instead")
+    config = {**backbone, "num_classes": 0} if isinstance(backbone, Mapping) else backbone
+    body = create_model(config, features_only=True, pretrained=pretrained_backbone or False)
     if norm_eval is None:
         norm_eval = bool(pretrained_backbone)
     return FasterNetFPN(body, stages=stages, extra=extra, trainable_stages=trainable_stages, norm_eval=norm_eval)
@@ -300,16 +295,15 @@ def create_detector(
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if pretrained:
-        from fasternet.detection.mmdet import MMDET_CHECKPOINTS, load_mmdet
-
         if pretrained is True:
-            if arch != "maskrcnn" or backbone not in MMDET_CHECKPOINTS or num_classes != 80:
+            released = {w.split(".")[0]: w for w in list_weights("detection")}
+            if arch != "maskrcnn" or backbone not in released or num_classes != 80:
                 raise ValueError(
                     "pretrained=True is the official COCO Mask R-CNN: arch='maskrcnn', backbone one of "
-                    f"{', '.join(MMDET_CHECKPOINTS)}, num_classes=80; for other tasks start from "
+                    f"{', '.join(released)}, num_classes=80; for other tasks start from "
                     "pretrained_backbone=True"
                 )
-            pretrained = MMDET_CHECKPOINTS[backbone]
+            pretrained = get_weights(released[backbone]).url
         return load_mmdet(pretrained, min_size=min_size, max_size=max_size, **torchvision_kwargs)
     if num_classes < 1:
         raise ValueError(f"num_classes counts object classes and must be >= 1, got {num_classes}")
@@ -357,3 +351,42 @@ def create_detector(
         "torchvision_kwargs": dict(torchvision_kwargs),
     }
     return model
+
+
+def load_mmdet(
+    source: str | os.PathLike | Mapping,
+    *,
+    act_layer: str | None = None,
+    class_names: list[str] | None = None,
+    mmdet_test_settings: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """A torchvision Mask R-CNN that gives the detections mmdet gives with this checkpoint.
+
+    ``source`` is a released mmdet checkpoint (path, URL or its loaded dict), converted by
+    :func:`fasternet.detection.mmdet.read_mmdet`. ``kwargs`` go to :func:`create_detector`
+    (e.g. ``min_size``, ``image_mean``).
+    """
+    converted = read_mmdet(source, act_layer=act_layer)
+    settings = {**(MMDET_TEST_SETTINGS if mmdet_test_settings else {}), **kwargs}
+    model = create_detector(
+        "maskrcnn" if converted.masks else "fasterrcnn",
+        backbone=converted.backbone,
+        num_classes=converted.num_classes,
+        **settings,
+    )
+    expected = model.state_dict()
+    for key, value in converted.state_dict.items():
+        if key not in expected:
+            raise CheckpointError(f"{converted.origin}: unexpected converted key {key}")
+        if expected[key].shape != value.shape:
+            raise CheckpointError(
+                f"{converted.origin}: {key} has shape {list(value.shape)}, the model {list(expected[key].shape)}"
+            )
+    missing = [k for k in expected if k not in converted.state_dict and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise CheckpointError(f"{converted.origin}: the converted checkpoint lacks {', '.join(missing[:5])}")
+    model.load_state_dict(converted.state_dict, strict=False)
+    names = class_names or converted.class_names
+    model.class_names = names or [f"class_{i}" for i in range(1, converted.num_classes + 1)]
+    return model.eval()

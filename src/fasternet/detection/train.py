@@ -14,7 +14,6 @@ the detector's configuration) and ``log.jsonl``, each written atomically, as in 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -25,20 +24,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fasternet.data import EpochSampler
 from fasternet.detection.data import CocoDetection, collate_detection
 from fasternet.detection.evaluate import coco_evaluate
 from fasternet.detection.io import save_detector
 from fasternet.detection.models import create_detector
-from fasternet.distributed import DistInfo, all_reduce_sum, init_distributed
-from fasternet.runstate import atomic_torch_save, atomic_write_text, load_resume_state, rng_state, seed_epoch
+from fasternet.io.images import Unreadable
+from fasternet.training.data import EpochSampler, ShardSampler
+from fasternet.training.distributed import DistInfo, all_reduce_sum, init_distributed
+from fasternet.training.state import load_resume_state, rng_state, save_run_state, seed_epoch, write_log
 
 __all__ = ["DetectionTrainConfig", "evaluate_detector", "train_detector"]
 
 logger = logging.getLogger("fasternet")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DetectionTrainConfig:
     """What ``fasternet detect train`` was asked for (defaults: the official 1x schedule)."""
 
@@ -65,7 +65,8 @@ class DetectionTrainConfig:
     device: str | None = None
     progress: bool = True
 
-    def settings(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the interrupted one (stored in ``last.pt``)."""
         s = dataclasses.asdict(self)
         for key in ("data", "output", "resume", "device", "progress", "workers"):
             s.pop(key)
@@ -82,10 +83,13 @@ class _FlipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item):
-        index, epoch, _ = item if isinstance(item, tuple) else (item, 0, 0)
+    def __getitem__(self, item: tuple[int, int, int]):
+        index, epoch, _ = item
         sample = self.dataset[index]
-        if sample is None or np.random.default_rng([self.seed, epoch, index]).random() >= self.probability:
+        if (
+            isinstance(sample, Unreadable)
+            or np.random.default_rng([self.seed, epoch, index]).random() >= self.probability
+        ):
             return sample
         image, target = sample
         width = image.shape[-1]
@@ -98,12 +102,12 @@ class _FlipDataset(torch.utils.data.Dataset):
         return image.flip(-1), target
 
 
-def _lr_factor(iteration: int, epoch: int, s: dict[str, Any]) -> float:
+def _lr_factor(iteration: int, epoch: int, config: DetectionTrainConfig) -> float:
     """Linear warm-up over the first iterations, times 0.1 per passed step epoch."""
     warmup = 1.0
-    if iteration < s["warmup_iters"]:
-        warmup = s["warmup_ratio"] + (1 - s["warmup_ratio"]) * iteration / s["warmup_iters"]
-    return warmup * 0.1 ** sum(epoch >= step for step in s["lr_steps"])
+    if iteration < config.warmup_iters:
+        warmup = config.warmup_ratio + (1 - config.warmup_ratio) * iteration / config.warmup_iters
+    return warmup * 0.1 ** sum(epoch >= step for step in config.lr_steps)
 
 
 @torch.no_grad()
@@ -120,14 +124,14 @@ def evaluate_detector(
     """COCO AP of ``model`` on ``dataset`` (predictions gathered from every process)."""
     model.eval()
     rank, world = (info.rank, info.world_size) if info else (0, 1)
-    sampler = EpochSampler(len(dataset), rank=rank, world_size=world, shuffle=False)
+    sampler = ShardSampler(len(dataset), rank=rank, world_size=world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_detection
     )
     predictions: dict[int, dict[str, torch.Tensor]] = {}
     skipped = 0
     for images, targets, failed in tqdm(loader, desc="eval", leave=False, disable=not progress):
-        skipped += failed
+        skipped += len(failed)
         if not images:
             continue
         outputs = model([image.to(device) for image in images])
@@ -159,7 +163,6 @@ def train_detector(config: DetectionTrainConfig) -> dict[str, Any]:
 
 
 def _train(config: DetectionTrainConfig, info: DistInfo) -> dict[str, Any]:
-    s = config.settings()
     data, output = Path(config.data), Path(config.output)
     last_path, best_path, log_path = output / "last.pt", output / "best.safetensors", output / "log.jsonl"
     if info.is_main:
@@ -189,13 +192,13 @@ def _train(config: DetectionTrainConfig, info: DistInfo) -> dict[str, Any]:
     global_batch = config.batch_size * info.world_size
     iterations_per_epoch = len(train_set) // global_batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: _lr_factor(it, it // max(iterations_per_epoch, 1), s)
+        optimizer, lambda it: _lr_factor(it, it // max(iterations_per_epoch, 1), config)
     )
 
     start_epoch, best_ap, history = 0, -1.0, []
     if config.resume and last_path.exists():
         stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-        state, history = load_resume_state(last_path, log_path, s, stateful)
+        state, history = load_resume_state(last_path, log_path, config.identity(), stateful)
         start_epoch, best_ap = state["epoch"], state["best_ap"]
         if info.is_main:
             logger.info("resuming %s after epoch %d", output, start_epoch)
@@ -219,7 +222,7 @@ def _train(config: DetectionTrainConfig, info: DistInfo) -> dict[str, Any]:
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         seed_epoch(config.seed, epoch, info.rank)
-        sampler.set_epoch(epoch, image_size=1)  # any non-zero size: the dataset reads (index, epoch)
+        sampler.set_epoch(epoch)
         ddp_model.train()
         sums: dict[str, float] = {}
         steps = seen = skipped = 0
@@ -230,7 +233,7 @@ def _train(config: DetectionTrainConfig, info: DistInfo) -> dict[str, Any]:
             disable=not (info.is_main and config.progress),
         )
         for images, targets, failed in loader:
-            skipped += failed
+            skipped += len(failed)
             if not images:
                 continue
             images = [image.to(device) for image in images]
@@ -278,20 +281,20 @@ def _train(config: DetectionTrainConfig, info: DistInfo) -> dict[str, Any]:
                     class_names=train_set.class_names,
                     metadata={"epoch": str(epoch), "bbox_ap": f"{ap:.4f}"},
                 )
-            atomic_torch_save(
+            save_run_state(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "epoch": epoch + 1,
                     "best_ap": best_ap,
-                    "settings": s,
+                    "settings": config.identity(),
                     "classes": train_set.class_names,
                     "rng": rng_state(),
                 },
                 last_path,
             )
-            atomic_write_text("".join(json.dumps(h) + "\n" for h in history), log_path)
+            write_log(history, log_path)
             logger.info(
                 "epoch %d/%d  loss %.4f  box AP %.3f%s  %.1f img/s  %.0f s",
                 epoch + 1,

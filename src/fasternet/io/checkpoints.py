@@ -22,27 +22,28 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from fasternet.models import FasterNet, get_variant, list_models, resolve_act_layer
+from fasternet._utils import atomic_write
+from fasternet._version import __version__
+from fasternet.models import EvalTransform, FasterNet, get_variant, list_models
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
     "LoadReport",
     "convert_state_dict",
-    "create_model_from_checkpoint",
     "identify_variant",
     "infer_config",
     "load_checkpoint",
     "read_checkpoint",
+    "read_file",
     "save_checkpoint",
 ]
 
@@ -84,6 +85,10 @@ class Checkpoint:
         raw = self.metadata.get("class_names")
         return json.loads(raw) if raw else None
 
+    def eval_transform(self, default: EvalTransform | None = None) -> EvalTransform:
+        """The evaluation transform recorded with the weights, over ``default`` where it records none."""
+        return EvalTransform.from_metadata(self.metadata, default)
+
 
 @dataclasses.dataclass
 class LoadReport:
@@ -99,7 +104,8 @@ class LoadReport:
 # Reading
 
 
-def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
+def read_file(path: Path) -> tuple[Any, dict[str, str]]:
+    """The object stored in a checkpoint file (never running code from it) and its safetensors metadata."""
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
@@ -228,7 +234,7 @@ def read_checkpoint(source: Source) -> Checkpoint:
         obj, metadata, origin = source, {}, "<dict>"
     else:
         path = Path(source)
-        obj, metadata = _read_file(path)
+        obj, metadata = read_file(path)
         origin = str(path)
     state_dict = _unwrap(obj, origin)
     layout = detect_layout(state_dict)
@@ -428,11 +434,8 @@ def save_checkpoint(
 ) -> Path:
     """Write the weights as safetensors with the configuration in the metadata, atomically.
 
-    :func:`create_model_from_checkpoint` rebuilds the model from the file alone.
+    :func:`fasternet.create_model` rebuilds the model from the file alone.
     """
-    from fasternet import __version__
-
-    path = Path(path)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -445,42 +448,4 @@ def save_checkpoint(
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
         meta["class_names"] = json.dumps(list(class_names))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def create_model_from_checkpoint(source: Source, **overrides: Any) -> FasterNet:
-    """Build the model a checkpoint describes and load it.
-
-    Files written by :func:`save_checkpoint` carry their configuration; for other files the
-    architecture is read off the tensor shapes (pass ``act_layer=`` when it is not a
-    registered variant). ``overrides`` replace configuration fields, e.g. ``drop_path_rate``.
-    """
-    ckpt = read_checkpoint(source)
-    config = ckpt.config or infer_config(ckpt.state_dict)
-    config = {**config, **overrides}
-    if "act_layer" not in config:
-        raise CheckpointError(
-            f"{ckpt.origin} is not a registered variant and does not record its activation; "
-            "pass act_layer='gelu' or 'relu'"
-        )
-    try:
-        resolve_act_layer(config["act_layer"])
-    except ValueError:
-        raise CheckpointError(
-            f"{ckpt.origin} was saved with the custom activation {config['act_layer']!r}; pass act_layer=<class>"
-        ) from None
-    model = FasterNet(**config)
-    load_checkpoint(model, ckpt)
-    model.class_names = ckpt.class_names
-    return model
+    return atomic_write(path, save(tensors, metadata=meta))

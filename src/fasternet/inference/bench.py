@@ -21,22 +21,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from fasternet.deploy import deploy
-from fasternet.models import FasterNet, create_model
-from fasternet.profile import profile
-from fasternet.runners import UnsupportedPrecisionError, cpu_flags, cpu_name, openvino_cpu_config, runner
-from fasternet.timing import interleaved
+from fasternet._utils import machine_description, require
+from fasternet.builder import create_model
+from fasternet.inference.deployed import deploy
+from fasternet.inference.profiler import profile
+from fasternet.inference.runners import UnsupportedPrecisionError, int8_runner, openvino_cpu_config, runner
+from fasternet.inference.timing import interleaved
+from fasternet.models import EvalTransform, FasterNet, get_variant
 
-__all__ = ["BenchRow", "Config", "gemm_peak", "machine_description", "operator_table", "run_benchmark"]
+__all__ = [
+    "BASELINES",
+    "PRESETS",
+    "BenchReport",
+    "BenchRequest",
+    "BenchRow",
+    "Config",
+    "benchmark",
+    "gemm_peak",
+    "operator_table",
+    "run_benchmark",
+]
 
 BASELINES = ("eager", "onnxruntime-official", "openvino-official")
-
-
-def machine_description(device: str = "cpu") -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in cpu_flags()]
-    return f"{cpu_name()} [{', '.join(isa) or 'no AVX2'}], torch {torch.__version__}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,21 +184,17 @@ def _baseline_call(model: FasterNet, config: Config) -> Callable[[torch.Tensor],
 def _int8_call(
     model: FasterNet, config: Config, input_size: tuple[int, ...], calibration: str | None, samples: int
 ) -> Callable[[torch.Tensor], Any]:
-    from fasternet.quantize import quantize
-
-    if calibration is None:
-        raise ValueError("int8 needs --calibration DIR (images to calibrate on)")
     if config.backend not in ("openvino", "onnxruntime"):
         raise ValueError(f"int8 runs with openvino or onnxruntime, not {config.backend}")
-    quantized = quantize(
+    return int8_runner(
         model,
-        calibration,
+        calibration=calibration,
         backend=config.backend,
         samples=samples,
+        transform=EvalTransform(config.image_size),
         input_size=input_size,
-        settings={"image_size": config.image_size},
+        threads=config.threads,
     )
-    return runner(quantized, precision="int8", threads=config.threads)
 
 
 def run_benchmark(
@@ -437,13 +439,9 @@ def peer_rows(
 
 def plot(rows: Sequence[BenchRow], path: str) -> None:
     """Latency against MACs per model and backend, like the paper's Figure 1."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot")
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     by_backend: dict[str, list[BenchRow]] = {}
     for row in rows:
@@ -463,3 +461,118 @@ def plot(rows: Sequence[BenchRow], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+# --------------------------------------------------------------------------------------------
+# A whole benchmark: what `fasternet bench` runs
+
+# The paper's protocols (Table 3): CPU latency at one thread and batch 1; GPU throughput at batch 32.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-cpu": {"threads": 1, "batch_sizes": (1,), "precisions": ("fp32",)},
+    "paper-gpu": {"device": "cuda", "batch_sizes": (32,), "backends": ("torch",)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRequest:
+    """What to time: variants x backends x precisions x batch sizes, and how."""
+
+    models: tuple[str, ...] = ("fasternet_t0",)
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    image_size: int = 224
+    device: str = "cpu"
+    baselines: bool = True  # the official computation: eager and exported as-is (fp32, CPU)
+    rounds: int = 5
+    calibration: str | None = None  # int8: images to calibrate on
+    samples: int = 64
+    peers: bool = False  # timm's models, when timm imports
+
+    def with_preset(self, preset: str | None) -> BenchRequest:
+        """The request with a paper protocol's settings (``paper-cpu``, ``paper-gpu``) applied."""
+        if preset is None:
+            return self
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(self, **PRESETS[preset])
+
+    def configs(self) -> list[Config]:
+        for name in self.models:
+            get_variant(name)
+        if any(b < 1 for b in self.batch_sizes) or self.image_size < 32 or self.rounds < 1:
+            raise ValueError("batch sizes and rounds must be >= 1 and the image size >= 32")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA device is available here")
+        baselines = list(BASELINES) if self.baselines and self.device == "cpu" else []
+        return [
+            Config(name, backend, precision, batch, self.threads, self.image_size, self.device)
+            for name in self.models
+            for batch in self.batch_sizes
+            for precision in self.precisions
+            for backend in [*self.backends, *(baselines if precision == "fp32" else [])]
+        ]
+
+
+@dataclasses.dataclass
+class BenchReport:
+    """Timed rows, the GEMM peak of each precision measured in the same run, and what was skipped."""
+
+    machine: str
+    rows: list[BenchRow]
+    skipped: list[str]
+    gemm_peaks: dict[str, dict[str, float]]  # precision -> engine -> GFLOP/s
+    peers: list[BenchRow] | str | None = None  # rows, or why timm's models were not timed
+
+    @property
+    def peaks(self) -> dict[str, float]:
+        """The best engine's GEMM GFLOP/s per precision: what model speed is judged against."""
+        return {precision: max(engines.values()) for precision, engines in self.gemm_peaks.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        peers = self.peers if self.peers is None or isinstance(self.peers, str) else [r.to_dict() for r in self.peers]
+        return {
+            "machine": self.machine,
+            "gemm_peak_gflops": self.gemm_peaks,
+            "rows": [r.to_dict(self.peaks.get(r.config.precision)) for r in self.rows],
+            "skipped": self.skipped,
+            "peers": peers,
+        }
+
+    def format(self) -> str:
+        lines = [f"# {self.machine}"]
+        for precision, engines in self.gemm_peaks.items():
+            detail = ", ".join(f"{k} {v:.0f}" for k, v in engines.items())
+            lines.append(
+                f"# GEMM peak {precision} (best of 1024^3, 2048^3; GFLOP/s): {detail}; best {self.peaks[precision]:.0f}"
+            )
+        lines.append(format_rows(self.rows, self.peaks))
+        lines += [f"# skipped: {reason}" for reason in self.skipped]
+        if isinstance(self.peers, str):
+            lines.append(f"# peers: {self.peers}")
+        elif self.peers:
+            lines.append(format_rows(self.peers, self.peaks))
+        return "\n".join(lines)
+
+
+def benchmark(request: BenchRequest, *, progress: Callable[[str], None] = lambda message: None) -> BenchReport:
+    """Time every configuration of ``request`` interleaved, with the GEMM peak on CPUs."""
+    rows, skipped = run_benchmark(
+        request.configs(),
+        rounds=request.rounds,
+        progress=progress,
+        calibration=request.calibration,
+        calibration_samples=request.samples,
+    )
+    peaks: dict[str, dict[str, float]] = {}
+    if request.device == "cpu":
+        for precision in sorted({r.config.precision for r in rows} - {"int8"}):  # no int8 GEMM reference here
+            progress(f"measuring the {precision} GEMM peak")
+            peaks[precision] = gemm_peak(request.threads, precision)
+    peers = None
+    if request.peers:
+        peers = peer_rows(
+            request.batch_sizes, request.threads, request.image_size, request.device, request.rounds, request.precisions
+        )
+    return BenchReport(machine_description(request.device), rows, skipped, peaks, peers)

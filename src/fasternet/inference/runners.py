@@ -24,20 +24,23 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fasternet.deploy import DeployedFasterNet, deploy
-from fasternet.export import output_names, require
-from fasternet.models import FasterNet
-from fasternet.timing import median_seconds
+from fasternet._utils import atomic_write, cache_dir, cpu_flags, cpu_has_bf16, cpu_name, require
+from fasternet.builder import create_model
+from fasternet.inference.deployed import DeployedFasterNet, deploy
+from fasternet.inference.exporters import export, output_names
+from fasternet.inference.quantization import QuantizedModel, load_quantized, quantize
+from fasternet.inference.timing import median_seconds
+from fasternet.models import EvalTransform, FasterNet
 
-__all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "cpu_name", "runner"]
+__all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "int8_runner", "runner"]
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "triton", "triton-compile")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -58,28 +61,6 @@ PREFERRED_FORM = {
 
 class UnsupportedPrecisionError(RuntimeError):
     """The hardware or the backend cannot compute in the precision asked for."""
-
-
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: the CPU computes bf16 dot products natively."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def _check_precision(precision: str, device: torch.device) -> None:
@@ -174,8 +155,6 @@ def _onnxruntime_call(
     if precision == "bf16":
         raise UnsupportedPrecisionError("onnxruntime's CPU provider has no bf16 kernels; use openvino or torch")
     if onnx_path is None:
-        from fasternet.export import export
-
         directory = Path(tempfile.mkdtemp(prefix="fasternet-onnx-"))
         onnx_path = export(model, directory / "model.onnx", format="onnx", input_size=input_size)
     options = ort.SessionOptions()
@@ -224,8 +203,6 @@ def _openvino_call(
     if ir_path is not None:
         source = core.read_model(str(ir_path))
     else:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = ov.convert_model(model, example_input=torch.zeros(tuple(input_size)))
@@ -283,8 +260,6 @@ def _autotune_key(
 
 
 def _autotune_file() -> Path:
-    from fasternet.hub import cache_dir
-
     return cache_dir() / "autotune.json"
 
 
@@ -303,7 +278,7 @@ def _build(
         if device.type != "cuda":
             raise ValueError(f"backend {backend!r} runs the fused block kernel on CUDA devices; use device='cuda'")
         require("triton")
-        from fasternet.kernels.block import choose_fused_stages, fuse_blocks
+        from fasternet.inference.kernels.block import choose_fused_stages, fuse_blocks  # registers the custom op
 
         dtype = TORCH_DTYPES[precision]
         # Eager, the stages left to cuDNN run fastest in the concat form; compiled, in the split form.
@@ -325,11 +300,11 @@ def _build(
 
 
 def _installed(backend: str) -> bool:
-    module = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend)
-    if module is None:
+    """Whether the engine behind ``backend`` imports (torch always does)."""
+    if backend not in ("onnxruntime", "openvino"):
         return True
     try:
-        __import__(module)
+        require(backend)
     except ImportError:
         return False
     return True
@@ -353,8 +328,6 @@ def runner(
     device = torch.device(device)
     input_size = tuple(int(v) for v in input_size)
     _check_precision(precision, device)
-    from fasternet.quantize import QuantizedModel, load_quantized
-
     if precision == "int8" or isinstance(model, QuantizedModel):
         if isinstance(model, (FasterNet, DeployedFasterNet)):
             raise ValueError(
@@ -372,9 +345,7 @@ def runner(
     if isinstance(model, (str, os.PathLike)) and Path(model).suffix in (".onnx", ".xml"):
         return _runner_for_file(Path(model), backend, precision, input_size, threads, device)
     if isinstance(model, (str, os.PathLike)):
-        from fasternet.checkpoints import create_model_from_checkpoint
-
-        model = create_model_from_checkpoint(model)
+        model = create_model(model)
     if not isinstance(model, (FasterNet, DeployedFasterNet)):
         raise TypeError(f"runner() takes a FasterNet, a checkpoint or an exported file, not {type(model).__name__}")
     if backend == "auto":
@@ -438,8 +409,36 @@ def _auto_backend(
         timings[backend] = median_seconds(lambda call=call: call(x))
     best = min(timings, key=timings.get)
     cache[key] = {"backend": best, "seconds": timings, "input_size": list(input_size), "precision": precision}
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=1))
-    os.replace(tmp, cache_file)
+    atomic_write(cache_file, json.dumps(cache, indent=1))
     return best
+
+
+def int8_runner(
+    model: FasterNet | DeployedFasterNet,
+    *,
+    calibration: Any = None,
+    quantized: str | os.PathLike | None = None,
+    backend: str = "openvino",
+    samples: int = 300,
+    preset: str = "accuracy",
+    transform: EvalTransform | None = None,
+    input_size: Sequence[int] | None = None,
+    threads: int | None = None,
+) -> Runner:
+    """An INT8 runner for ``model``: from an existing quantized file (checked to come from this
+    model) or quantized now on ``calibration`` images with ``transform`` (the model's own by default)."""
+    if quantized is not None:
+        result = load_quantized(quantized, expect=model)
+    elif calibration is not None:
+        result = quantize(
+            model,
+            calibration,
+            backend=backend,
+            samples=samples,
+            preset=preset,
+            transform=transform,
+            input_size=tuple(input_size) if input_size is not None else None,
+        )
+    else:
+        raise ValueError("INT8 needs --calibration DIR (images to calibrate on) or --quantized FILE")
+    return runner(result, precision="int8", threads=threads)

@@ -7,6 +7,7 @@ truncated file where a good one is expected. A file already in the cache is used
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import tempfile
@@ -17,17 +18,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fasternet.checkpoints import CheckpointError
+from fasternet._utils import cache_dir
+from fasternet.io.checkpoints import CheckpointError
 
-__all__ = ["cache_dir", "download", "resolve_checkpoint"]
+__all__ = ["cache_dir", "download", "is_url", "resolve_checkpoint"]
 
 _URL_SCHEMES = ("http://", "https://", "file://")
 _CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    """Where downloads are kept: ``$FASTERNET_HOME`` or ``~/.cache/fasternet``."""
-    return Path(os.environ.get("FASTERNET_HOME") or Path.home() / ".cache" / "fasternet")
 
 
 def is_url(source: object) -> bool:
@@ -39,11 +36,17 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
     return download(source) if is_url(source) else Path(source)
 
 
-def download(url: str, *, directory: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def download(
+    url: str,
+    *,
+    directory: str | os.PathLike | None = None,
+    progress: bool = True,
+    sha256: str | None = None,
+) -> Path:
     """Fetch ``url`` (http, https or file) into the cache and return the local path.
 
     Raises :class:`CheckpointError` naming the URL and the path to place the file at by hand
-    when the download fails (no network, HTTP error, incomplete transfer).
+    when the download fails (no network, HTTP error, incomplete transfer, wrong ``sha256``).
     """
     directory = Path(directory) if directory is not None else cache_dir()
     name = Path(urllib.parse.urlparse(url).path).name
@@ -70,6 +73,8 @@ def download(url: str, *, directory: str | os.PathLike | None = None, progress: 
                 raise OSError(f"incomplete transfer: {received} of {total} bytes")
             out.flush()
             os.fsync(out.fileno())
+        if sha256 is not None and _sha256(tmp) != sha256:
+            raise OSError(f"the file's sha256 is not the published {sha256}")
         os.replace(tmp, destination)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
@@ -81,3 +86,11 @@ def download(url: str, *, directory: str | os.PathLike | None = None, progress: 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return destination
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -17,35 +17,18 @@ from pathlib import Path
 
 import torch
 
-from fasternet.deploy import DeployedFasterNet, deploy
+from fasternet._utils import relative_error, require
+from fasternet.inference.deployed import DeployedFasterNet, deploy
 from fasternet.models import FasterNet
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "export", "require"]
+__all__ = ["EXPORT_FORMATS", "ExportError", "export", "output_names"]
 
 EXPORT_FORMATS = ("onnx", "openvino", "pt2")
-_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript", "openvino": "openvino"}
 TOLERANCE = 1e-4  # relative to the largest output magnitude, fp32
 
 
 class ExportError(RuntimeError):
     """An exported file that its runtime cannot load or that gives other outputs than PyTorch."""
-
-
-def require(module: str):
-    """Import an optional dependency, or say which package and extra to install."""
-    try:
-        return __import__(module)
-    except ImportError:
-        package = _EXTRAS.get(module, module)
-        extra = "gpu" if module == "triton" else "deploy"
-        raise ImportError(
-            f"this needs {package}: pip install 'fasternet[{extra}]' (or pip install {package})"
-        ) from None
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    scale = expected.abs().max().clamp_min(1e-12)
-    return float((actual.float() - expected.float()).abs().max() / scale)
 
 
 def _outputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

@@ -20,7 +20,8 @@ import copy
 import torch
 from torch import nn
 
-from fasternet.models import FasterNet, FasterNetBlock
+from fasternet.layers import FasterNetBlock
+from fasternet.models import FasterNet
 
 __all__ = ["DeployedBlock", "DeployedFasterNet", "PCONV_FORMS", "deploy", "fold_bn", "split_to_concat"]
 
@@ -119,6 +120,7 @@ class DeployedFasterNet(nn.Module):
         self.features_only = model.features_only
         self.num_classes = model.num_classes
         self.class_names = model.class_names
+        self.eval_transform = model.eval_transform
         self.in_chans = model.in_chans
         self.min_input_size = model.min_input_size
         self.stem = fold_bn(model.patch_embed.proj, model.patch_embed.norm)

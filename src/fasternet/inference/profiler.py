@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fasternet.models import DropPath, FasterNetBlock, PartialConv
-from fasternet.timing import synchronize
+from fasternet.inference.timing import synchronize
+from fasternet.layers import DropPath, FasterNetBlock, PartialConv
 
 __all__ = ["LayerProfile", "ProfileReport", "profile"]
 

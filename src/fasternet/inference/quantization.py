@@ -15,15 +15,18 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fasternet.deploy import DeployedFasterNet, deploy
-from fasternet.export import export, require
-from fasternet.models import FasterNet
+from fasternet._utils import require
+from fasternet.inference.deployed import DeployedFasterNet, deploy
+from fasternet.inference.exporters import export
+from fasternet.io.images import ImageFolder, Unreadable, collate_skipping_failures, evaluation_folder
+from fasternet.models import EvalTransform, FasterNet
 
 __all__ = ["QUANT_BACKENDS", "QuantizationError", "QuantizedModel", "fingerprint", "load_quantized", "quantize"]
 
@@ -59,22 +62,12 @@ def fingerprint(model: FasterNet | DeployedFasterNet) -> str:
 
 
 def _calibration_batches(
-    calibration: Any, input_size: tuple[int, ...], samples: int, model_settings: dict[str, Any]
+    calibration: Any, input_size: tuple[int, ...], samples: int, transform: EvalTransform
 ) -> list[torch.Tensor]:
     """Up to ``samples`` single images (1xCxHxW float tensors) from a folder, dataset or loader."""
-    from fasternet.data import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, ImageFolder, collate_skipping_failures
-
     if isinstance(calibration, (str, os.PathLike)):
-        from fasternet.evaluate import evaluation_folder
-
-        transform = EvalTransform(
-            input_size[-1],
-            model_settings.get("crop_pct", 0.9),
-            model_settings.get("mean") or IMAGENET_MEAN,
-            model_settings.get("std") or IMAGENET_STD,
-        )
         try:
-            folder = ImageFolder(evaluation_folder(calibration), transform=transform)
+            folder = ImageFolder(evaluation_folder(calibration), transform=transform.replace(image_size=input_size[-1]))
         except (FileNotFoundError, ValueError) as error:
             raise QuantizationError(f"calibration data: {error}") from None
         # A fixed random subset: the folder is sorted by class, and its first images are one class.
@@ -85,7 +78,7 @@ def _calibration_batches(
     images: list[torch.Tensor] = []
     skipped = 0
     for item in _iterate(calibration):
-        if item is None:
+        if item is None or isinstance(item, Unreadable):
             skipped += 1
             continue
         x = item[0] if isinstance(item, (tuple, list)) else item
@@ -108,8 +101,8 @@ def _calibration_batches(
 def _iterate(source: Any) -> Iterator[Any]:
     if isinstance(source, torch.utils.data.DataLoader) and source.collate_fn is not None:
         for batch in source:
-            if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[1], int):
-                yield None if batch[0] is None else batch[0]  # (batch or None, skipped) from our collate
+            if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[1], list):
+                yield None if batch[0] is None else batch[0]  # (batch or None, unreadable) from our collate
             else:
                 yield batch
         return
@@ -147,7 +140,7 @@ def quantize(
     keep_fp32: tuple[str, ...] = (),
     input_size: tuple[int, ...] | None = None,
     output: str | os.PathLike | None = None,
-    settings: dict[str, Any] | None = None,
+    transform: EvalTransform | None = None,
 ) -> QuantizedModel:
     """Quantize ``model`` to INT8 with ``backend``'s own tool, calibrated on real images.
 
@@ -164,15 +157,15 @@ def quantize(
     unknown = set(keep_fp32) - {"stem", "head"}
     if unknown:
         raise ValueError(f"keep_fp32 takes 'stem' and/or 'head', not {sorted(unknown)}")
-    settings = dict(settings or {})
-    image_size = settings.get("image_size", 224)
-    input_size = tuple(input_size or (1, model.in_chans, image_size, image_size))
+    transform = transform or getattr(model, "eval_transform", None) or EvalTransform()
+    size = transform.image_size
+    input_size = tuple(input_size or (1, model.in_chans, size, size))
     # The "dense" form has no channel slicing: sliced INT8 tensors cost OpenVINO reference-path
     # copies, more than the zero-weight MACs (benchmarks/results/int8_forms.txt).
     deployed = deploy(model, form="dense") if isinstance(model, FasterNet) else model
     if deployed.features_only:
         raise ValueError("quantize() takes a classifier; a features_only model has no accuracy to keep")
-    images = _calibration_batches(calibration, input_size, samples, settings)
+    images = _calibration_batches(calibration, input_size, samples, transform)
     suffix = ".xml" if backend == "openvino" else ".onnx"
     path = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="fasternet-int8-")) / f"model{suffix}"
     if path.suffix != suffix:
@@ -187,7 +180,12 @@ def quantize(
         "keep_fp32": list(keep_fp32),
         "calibration_samples": len(images),
         "class_names": deployed.class_names,
-        "settings": {k: settings[k] for k in ("image_size", "crop_pct", "mean", "std") if k in settings},
+        "settings": {
+            "image_size": input_size[-1],
+            "crop_pct": transform.crop_pct,
+            "mean": list(transform.mean),
+            "std": list(transform.std),
+        },
     }
     if backend == "openvino":
         _quantize_openvino(deployed, images, input_size, preset, keep_fp32, path, metadata)
@@ -199,7 +197,6 @@ def quantize(
 def _quantize_openvino(deployed, images, input_size, preset, keep_fp32, path, metadata) -> None:
     ov = require("openvino")
     nncf = require("nncf")
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,55 +1,38 @@
 """What a training run keeps on disk and in its random generators, crash-safe and resumable.
 
-Files are written to a temporary name in the same folder, flushed to disk and renamed, so a
-kill at any moment leaves either the previous file or the new one, never half of one.
+Shared by classification and detection training. Files are written with
+:func:`fasternet._utils.atomic_write`: a kill at any moment leaves the previous file or the new
+one, never half of one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = [
-    "atomic_torch_save",
-    "atomic_write_text",
-    "load_resume_state",
-    "rng_state",
-    "seed_epoch",
-    "set_rng_state",
-]
+from fasternet._utils import atomic_write
+
+__all__ = ["load_resume_state", "rng_state", "save_run_state", "seed_epoch", "set_rng_state", "write_log"]
 
 
-def _atomic_write(path: Path, mode: str, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_run_state(state: Mapping[str, Any], path: Path) -> None:
+    """``last.pt``: everything a resume needs (weights, optimizer, epoch, RNG states, settings)."""
+    atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    _atomic_write(path, "w", lambda f: f.write(text))
+def write_log(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """``log.jsonl``: one JSON line per completed epoch."""
+    atomic_write(path, "".join(json.dumps(dict(record)) + "\n" for record in records))
 
 
 def load_resume_state(
-    last_path: Path, log_path: Path, settings: dict[str, Any], stateful: dict[str, Any]
+    last_path: Path, log_path: Path, settings: Mapping[str, Any], stateful: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[dict]]:
     """Restore ``stateful`` (name -> object with ``load_state_dict``: model, optimizer, ...) and the
     RNGs from the state saved after the last completed epoch; returns that state and the log

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fasternet.deploy import DeployedBlock, DeployedFasterNet, deploy, split_to_concat
+from fasternet.inference.deployed import DeployedBlock, DeployedFasterNet, deploy, split_to_concat
+from fasternet.inference.timing import median_seconds
 from fasternet.models import FasterNet
-from fasternet.timing import median_seconds
 
 __all__ = [
     "FusedBlock",
@@ -68,7 +68,7 @@ def fused_block(
 
 @fused_block.register_kernel("cuda")
 def _fused_block_cuda(x, pconv_weight, expand_conv_weight, expand_rest_weight, expand_bias, project_weight, act):
-    from fasternet.kernels.triton_block import launch_block  # Triton is imported only on a GPU
+    from fasternet.inference.kernels.triton_block import launch_block  # Triton is imported only on a GPU
 
     return launch_block(x, pconv_weight, expand_conv_weight, expand_rest_weight, expand_bias, project_weight, act)
 

@@ -10,21 +10,30 @@ device applies them batched with kornia. Mixup and cutmix pair samples within a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+from types import ModuleType
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-try:
-    from kornia.color import rgb_to_grayscale
-    from kornia.enhance import equalize, sharpness
-    from kornia.geometry.transform import rotate, shear, translate
-except ImportError as error:  # pragma: no cover - depends on the installation
-    raise ImportError("training augmentation needs kornia: pip install 'fasternet[train]'") from error
+from fasternet._utils import require
+from fasternet.training.loss import smooth_targets
 
 __all__ = ["BatchAugment", "Mixup", "RandAugmentSpec", "SampleParams"]
+
+
+@functools.cache
+def _kornia() -> ModuleType:
+    """kornia (the ``train`` extra), imported when augmentation first runs."""
+    require("kornia")
+    import kornia.color
+    import kornia.enhance
+    import kornia.geometry.transform
+
+    return kornia
+
 
 # timm's increasing-severity RandAugment set ("inc1"), in its order.
 OPS = (
@@ -131,12 +140,13 @@ def _apply_op(name: str, x: torch.Tensor, level: torch.Tensor, fill: torch.Tenso
         scale = torch.where(high > low, 1 / (high - low).clamp_min(1e-6), torch.ones_like(high))
         offset = torch.where(high > low, low, torch.zeros_like(low))
         return ((x - offset) * scale).clamp_(0, 1)
+    kornia = _kornia()
     if name == "equalize":
-        return equalize(x)
+        return kornia.enhance.equalize(x)
     if name == "invert":
         return 1 - x
     if name == "rotate":
-        return _with_fill(lambda t: rotate(t, signed * 30.0), x, fill)
+        return _with_fill(lambda t: kornia.geometry.transform.rotate(t, signed * 30.0), x, fill)
     if name == "posterize":
         bits = (4 - (unsigned * 4).floor()).clamp_(0, 8)
         step = (2 ** (8 - bits)).view(-1, 1, 1, 1)
@@ -149,25 +159,25 @@ def _apply_op(name: str, x: torch.Tensor, level: torch.Tensor, fill: torch.Tenso
         return torch.where(x < 128 / 255, (x + add).clamp(0, 1), x)
     factor = (1 + signed * 0.9).clamp_min(0.1)
     if name == "color":
-        return _blend(rgb_to_grayscale(x).expand_as(x), x, factor)
+        return _blend(kornia.color.rgb_to_grayscale(x).expand_as(x), x, factor)
     if name == "contrast":
-        mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+        mean = kornia.color.rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
         return _blend(mean.expand_as(x), x, factor)
     if name == "brightness":
         return _blend(torch.zeros_like(x), x, factor)
     if name == "sharpness":
-        return sharpness(x, factor).clamp_(0, 1)
+        return kornia.enhance.sharpness(x, factor).clamp_(0, 1)
     if name in ("shear_x", "shear_y"):
         amount = signed * 0.3
         zeros = torch.zeros_like(amount)
         pair = torch.stack([amount, zeros] if name == "shear_x" else [zeros, amount], dim=1)
-        return _with_fill(lambda t: shear(t, pair), x, fill)
+        return _with_fill(lambda t: kornia.geometry.transform.shear(t, pair), x, fill)
     if name in ("translate_x", "translate_y"):
         size = x.shape[3] if name == "translate_x" else x.shape[2]
         amount = signed * 0.45 * size
         zeros = torch.zeros_like(amount)
         pair = torch.stack([amount, zeros] if name == "translate_x" else [zeros, amount], dim=1)
-        return _with_fill(lambda t: translate(t, pair), x, fill)
+        return _with_fill(lambda t: kornia.geometry.transform.translate(t, pair), x, fill)
     raise ValueError(f"unknown RandAugment op {name!r}")
 
 
@@ -182,10 +192,8 @@ class Mixup:
     num_classes: int = 1000
 
     def targets(self, labels: torch.Tensor, lam: float) -> torch.Tensor:
-        off = self.label_smoothing / self.num_classes
-        on = 1.0 - self.label_smoothing + off
-        one_hot = torch.full((labels.numel(), self.num_classes), off, device=labels.device)
-        one_hot.scatter_(1, labels.view(-1, 1), on)
+        """Each sample's smoothed one-hot mixed with its partner's (the reversed batch) by ``lam``."""
+        one_hot = smooth_targets(labels, self.num_classes, self.label_smoothing)
         return one_hot * lam + one_hot.flip(0) * (1.0 - lam)
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,7 +246,3 @@ class BatchAugment(torch.nn.Module):
                     x[selected] = _apply_op(OPS[int(index)], x[selected], level, fill)
         x = (x - self.mean) / self.std
         return self.mixup(x, labels)
-
-
-def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()

@@ -1,0 +1,166 @@
+"""Training recipes as one table of typed records: the paper's ImageNet recipe per variant.
+
+:class:`Recipe` is declared once. ``fasternet train``'s recipe flags are generated from its
+fields (:func:`recipe_flags`), and :func:`recipe_for` applies a user's changes with the rules
+that tie fields together (the learning rate follows the batch unless given; progressive
+resolution only at the recipe's own image size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from fasternet.models import get_variant, list_models
+
+__all__ = ["RECIPES", "Recipe", "RecipeFlag", "recipe_flags", "recipe_for"]
+
+
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The official ImageNet-1k training recipe of one variant (paper, Table 8, and the configs)."""
+
+    batch_size: int = _field(4096, "global batch size over all processes")
+    lr: float | None = _field(None, "peak learning rate; default: base_lr x batch_size / 1024")
+    base_lr: float = _field(0.001, "learning rate per 1024 images, when --lr is not given")
+    weight_decay: float = _field(0.05, "AdamW weight decay (on all parameters)")
+    clip_grad: float | None = _field(None, "gradient-norm clipping; 0 disables it")
+    drop_path_rate: float = _field(0.0, "stochastic depth rate of the last block")
+    randaugment: str | None = _field(None, "RandAugment, e.g. rand-m7-mstd0.5-inc1; none disables it")
+    mixup: float = _field(0.0, "mixup alpha; 0 disables it")
+    cutmix: float = _field(1.0, "cutmix alpha; 0 disables it")
+    mixup_switch_prob: float = _field(0.5, "probability of cutmix when both are on")
+    label_smoothing: float = _field(0.1, "label smoothing")
+    epochs: int = _field(300, "training epochs")
+    warmup_epochs: int = _field(20, "linear warm-up epochs")
+    warmup_lr: float = _field(1e-6, "learning rate at the start of the warm-up")
+    min_lr: float = _field(1e-5, "learning rate at the end of the cosine decay")
+    image_size: int = _field(224, "final training and evaluation size")
+    early_image_size: int = _field(192, "progressive resolution: the size before the last late_epochs")
+    late_epochs: int = _field(20, "epochs at the final image size")
+    crop_scale: float = _field(0.08, "smallest random-resized-crop area")
+    crop_pct: float = _field(0.9, "evaluation: resize to image_size / crop_pct, center crop")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate after warm-up: ``lr`` if given, else the paper's linear scaling rule."""
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 1024
+
+    @property
+    def lr_rule(self) -> str:
+        """How :attr:`peak_lr` was set, for the run's first log line."""
+        if self.lr is not None:
+            return "given"
+        return f"{self.base_lr:g} x {self.batch_size} / 1024"
+
+
+def _paper(name: str, batch_size: int, weight_decay: float, clip_grad, randaugment, mixup: float) -> Recipe:
+    # The drop path rate is the variant's (one table: the registry).
+    drop_path = float(get_variant(name).model_args["drop_path_rate"])
+    return Recipe(
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        clip_grad=clip_grad,
+        drop_path_rate=drop_path,
+        randaugment=randaugment,
+        mixup=mixup,
+    )
+
+
+RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
+    {
+        "fasternet_t0": _paper("fasternet_t0", 4096, 0.005, None, None, 0.05),
+        "fasternet_t1": _paper("fasternet_t1", 4096, 0.01, None, "rand-m3-mstd0.5-inc1", 0.1),
+        "fasternet_t2": _paper("fasternet_t2", 4096, 0.02, None, "rand-m5-mstd0.5-inc1", 0.1),
+        "fasternet_s": _paper("fasternet_s", 4096, 0.03, None, "rand-m7-mstd0.5-inc1", 0.3),
+        "fasternet_m": _paper("fasternet_m", 2048, 0.05, 1.0, "rand-m7-mstd0.5-inc1", 0.5),
+        "fasternet_l": _paper("fasternet_l", 2048, 0.05, 0.01, "rand-m7-mstd0.5-inc1", 0.7),
+    }
+)
+assert set(RECIPES) == set(list_models())
+
+
+def recipe_for(model: str, **changes: Any) -> Recipe:
+    """The recipe of ``model`` with ``changes`` applied (``None`` values: keep the recipe's).
+
+    ``randaugment="none"`` and ``clip_grad=0`` switch those off. Changing ``image_size`` without
+    ``early_image_size`` trains at that size throughout (progressive resolution is the recipe's
+    192 -> 224 only).
+    """
+    base = RECIPES[get_variant(model).name]
+    given = {k: v for k, v in changes.items() if v is not None}
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(Recipe)})
+    if unknown:
+        raise TypeError(f"unknown recipe setting(s): {', '.join(unknown)}")
+    if given.get("randaugment") in ("none", ""):
+        given["randaugment"] = None
+    if given.get("clip_grad") == 0:
+        given["clip_grad"] = None
+    if "image_size" in given and "early_image_size" not in given and given["image_size"] != base.image_size:
+        given["early_image_size"] = given["image_size"]
+    recipe = dataclasses.replace(base, **given)
+    _validate(recipe)
+    return recipe
+
+
+def _validate(recipe: Recipe) -> None:
+    checks = [
+        (recipe.batch_size >= 1, "batch_size must be >= 1"),
+        (recipe.epochs >= 1, "epochs must be >= 1"),
+        (recipe.peak_lr > 0, "the learning rate must be > 0"),
+        (recipe.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        (0 <= recipe.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (0 <= recipe.drop_path_rate < 1, "drop_path_rate must be in [0, 1)"),
+        (recipe.mixup >= 0 and recipe.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),
+        (recipe.image_size >= 16 and recipe.early_image_size >= 16, "image sizes must be >= 16"),
+        (0 < recipe.crop_scale <= 1, "crop_scale must be in (0, 1]"),
+        (0 < recipe.crop_pct <= 1, "crop_pct must be in (0, 1]"),
+        (recipe.weight_decay >= 0, "weight_decay must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"invalid recipe: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeFlag:
+    """A command-line flag generated from one :class:`Recipe` field."""
+
+    field: str
+    flag: str
+    type: type
+    help: str
+
+
+def _values_by_variant(name: str) -> str:
+    """'0.005 (t0), 0.01 (t1), ...' grouped: variants sharing a value are listed together."""
+    groups: dict[str, list[str]] = {}
+    for variant, recipe in RECIPES.items():
+        value = getattr(recipe, name)
+        groups.setdefault(
+            "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value), []
+        ).append(variant.removeprefix("fasternet_"))
+    if len(groups) == 1:
+        return next(iter(groups))
+    return ", ".join(f"{value} ({'/'.join(names)})" for value, names in groups.items())
+
+
+def recipe_flags() -> Iterator[RecipeFlag]:
+    """One flag per recipe field, its help text ending with the paper's value per variant."""
+    hints = typing.get_type_hints(Recipe)
+    for field in dataclasses.fields(Recipe):
+        hint = hints[field.name]
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        yield RecipeFlag(
+            field=field.name,
+            flag="--" + field.name.replace("_", "-"),
+            type=base,
+            help=f"{field.metadata['help']} (recipe: {_values_by_variant(field.name)})",
+        )

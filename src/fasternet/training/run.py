@@ -1,0 +1,395 @@
+"""A training run: set-up, resume, the epoch loop and crash-safe checkpoints.
+
+Single process::
+
+    fasternet train --model fasternet_t0 --data ROOT --output runs/t0
+
+Distributed data parallel (gloo on CPUs, nccl on GPUs)::
+
+    torchrun --nproc_per_node=8 -m fasternet train --model fasternet_t0 --data ROOT --output runs/t0
+
+``--batch-size`` is the global batch, split over the processes; the learning rate follows the
+paper's rule ``lr = 0.001 * batch / 1024`` unless ``--lr`` is given. After every epoch the
+output folder holds ``last.pt`` (everything needed to resume), ``best.safetensors`` (the
+weights with the best validation top-1, with configuration, class names and evaluation
+transform) and ``log.jsonl``. Each file is written atomically: a kill at any moment leaves the
+previous good files. ``--resume`` continues after the last completed epoch, with the same
+result as an uninterrupted run (every random choice derives from ``(seed, epoch)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fasternet._utils import cpu_has_bf16
+from fasternet.builder import create_model
+from fasternet.io.checkpoints import save_checkpoint
+from fasternet.io.images import ImageFolder, Unreadable, collate_skipping_failures, image_loader
+from fasternet.models import EvalTransform, FasterNet
+from fasternet.training.augment import BatchAugment, Mixup, RandAugmentSpec, SampleParams
+from fasternet.training.data import EpochSampler, ShardSampler, TrainCrop, TrainingImages
+from fasternet.training.distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm, init_distributed
+from fasternet.training.engine import EvalResult, evaluate, train_one_epoch
+from fasternet.training.recipes import Recipe, recipe_for
+from fasternet.training.state import load_resume_state, rng_state, save_run_state, seed_epoch, write_log
+
+__all__ = ["TrainConfig", "image_size_at_epoch", "lr_at_epoch", "run_training", "train"]
+
+logger = logging.getLogger("fasternet")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run: the model, the data, the recipe, and how to run it."""
+
+    model: str
+    data: str
+    output: str
+    recipe: Recipe
+    amp: str = "auto"  # autocast: auto (fp16 on GPUs, bf16 on CPUs that have it), bf16, fp16, off
+    workers: int | None = None  # data loading processes per training process
+    pretrained: str | None = None  # initialize from a checkpoint (any layout)
+    num_classes: int | None = None  # checked against the class folders
+    resume: bool = False
+    seed: int = 0
+    sync_bn: bool = False
+    device: str | None = None
+    channels_last: bool = True
+    progress: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the interrupted one (else it would match neither)."""
+        return {
+            "model": self.model,
+            **dataclasses.asdict(self.recipe),
+            "seed": self.seed,
+            "sync_bn": self.sync_bn,
+            "pretrained": self.pretrained,
+        }
+
+
+def lr_at_epoch(epoch: int, recipe: Recipe) -> float:
+    """Linear warm-up from ``warmup_lr``, then cosine to ``min_lr``; stepped per epoch."""
+    peak = recipe.peak_lr
+    if epoch < recipe.warmup_epochs:
+        return recipe.warmup_lr + (peak - recipe.warmup_lr) * epoch / recipe.warmup_epochs
+    span = max(1, recipe.epochs - recipe.warmup_epochs)
+    progress = min(1.0, (epoch - recipe.warmup_epochs) / span)
+    return recipe.min_lr + 0.5 * (peak - recipe.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def image_size_at_epoch(epoch: int, recipe: Recipe) -> int:
+    """Progressive resolution: ``early_image_size`` until the last ``late_epochs`` epochs."""
+    return recipe.image_size if epoch >= recipe.epochs - recipe.late_epochs else recipe.early_image_size
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``--amp`` asks for on ``device`` (None: full fp32)."""
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if torch.backends.mkldnn.is_available() and cpu_has_bf16() else None
+    if amp == "off":
+        return None
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    raise ValueError(f"--amp must be bf16, fp16, off or auto, got {amp!r}")
+
+
+def train(
+    model: str,
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    recipe: Recipe | None = None,
+    amp: str = "auto",
+    workers: int | None = None,
+    pretrained: str | None = None,
+    num_classes: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    sync_bn: bool = False,
+    device: str | None = None,
+    channels_last: bool = True,
+    progress: bool = True,
+    **changes: Any,
+) -> dict[str, Any]:
+    """Train ``model`` on ``data`` (``train/`` and ``val/`` class folders) into ``output``.
+
+    The recipe is the variant's paper recipe with ``changes`` (any :class:`Recipe` field, e.g.
+    ``epochs=10, lr=2e-3``) applied by :func:`fasternet.training.recipes.recipe_for`, or the
+    ``recipe`` given. Returns the last epoch's log record.
+    """
+    if recipe is not None and changes:
+        raise TypeError("pass either recipe= or recipe changes, not both")
+    config = TrainConfig(
+        model=model,
+        data=os.fspath(data),
+        output=os.fspath(output),
+        recipe=recipe or recipe_for(model, **changes),
+        amp=amp,
+        workers=workers,
+        pretrained=pretrained,
+        num_classes=num_classes,
+        resume=resume,
+        seed=seed,
+        sync_bn=sync_bn,
+        device=device,
+        channels_last=channels_last,
+        progress=progress,
+    )
+    return run_training(config)
+
+
+def run_training(config: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) the run ``config`` describes; returns the last epoch's log record."""
+    info = init_distributed(config.device)
+    try:
+        run = _set_up(config, info)
+        return _fit(run)
+    finally:
+        if info.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything the epoch loop touches, built once by :func:`_set_up`."""
+
+    config: TrainConfig
+    info: DistInfo
+    model: FasterNet
+    ddp_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    augment: BatchAugment
+    sampler: EpochSampler
+    loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    classes: list[str]
+    eval_transform: EvalTransform
+    start_epoch: int = 0
+    best_top1: float = -1.0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    reported: set[str] = dataclasses.field(default_factory=set)  # unreadable files already named
+
+    @property
+    def output(self) -> Path:
+        return Path(self.config.output)
+
+
+def _folders(data: Path) -> tuple[Path, Path]:
+    train_dir, val_dir = data / "train", data / "val"
+    for folder in (train_dir, val_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} not found: --data must hold train/ and val/ image folders")
+    return train_dir, val_dir
+
+
+def _set_up(config: TrainConfig, info: DistInfo) -> _Run:
+    recipe = config.recipe
+    output = Path(config.output)
+    if info.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    if recipe.batch_size % info.world_size:
+        raise ValueError(f"--batch-size {recipe.batch_size} is not divisible by the {info.world_size} processes")
+    local_batch = recipe.batch_size // info.world_size
+    device = info.device
+
+    train_dir, val_dir = _folders(Path(config.data))
+    randaugment = RandAugmentSpec.parse(recipe.randaugment) if recipe.randaugment else None
+    eval_transform = EvalTransform(recipe.image_size, recipe.crop_pct)
+    train_set = TrainingImages(
+        ImageFolder(train_dir),
+        crop=TrainCrop(scale=(recipe.crop_scale, 1.0)),
+        augment_params=SampleParams(randaugment),
+        seed=config.seed,
+    )
+    val_set = ImageFolder(val_dir, transform=eval_transform)
+    if val_set.classes != train_set.classes:
+        raise ValueError("train/ and val/ must have the same class folders")
+    num_classes = len(train_set.classes)
+    if config.num_classes is not None and config.num_classes != num_classes:
+        raise ValueError(f"--num-classes {config.num_classes} but the data has {num_classes} class folders")
+    if len(train_set) < recipe.batch_size:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {recipe.batch_size}")
+
+    torch.manual_seed(config.seed)
+    model = create_model(
+        config.model,
+        num_classes=num_classes,
+        drop_path_rate=recipe.drop_path_rate,
+        pretrained=config.pretrained or False,
+    )
+    model.class_names = train_set.classes
+    if config.sync_bn and info.enabled:
+        model = convert_sync_batchnorm(model, device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device).to(memory_format=memory_format)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.peak_lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_at_epoch(epoch, recipe) / recipe.peak_lr)
+    dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ddp_model: nn.Module = model
+    if info.enabled:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    mixup = Mixup(recipe.mixup, recipe.cutmix, recipe.mixup_switch_prob, recipe.label_smoothing, num_classes)
+    augment = BatchAugment(mean=eval_transform.mean, std=eval_transform.std, randaugment=randaugment, mixup=mixup).to(
+        device
+    )
+    workers = config.workers if config.workers is not None else min(8, os.cpu_count() or 1)
+    sampler = EpochSampler(
+        len(train_set), rank=info.rank, world_size=info.world_size, seed=config.seed, global_batch=recipe.batch_size
+    )
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=local_batch,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        drop_last=False,
+    )
+    val_sampler = ShardSampler(len(val_set), rank=info.rank, world_size=info.world_size)
+    val_loader = image_loader(val_set, batch_size=max(1, local_batch), workers=workers, sampler=val_sampler)
+    run = _Run(
+        config, info, model, ddp_model, optimizer, scheduler, scaler, dtype, augment, sampler, loader, val_loader,
+        train_set.classes, eval_transform,
+    )  # fmt: skip
+    _resume(run)
+    return run
+
+
+def _resume(run: _Run) -> None:
+    last_path = run.output / "last.pt"
+    if not run.config.resume:
+        return
+    if not last_path.exists():
+        if run.info.is_main:
+            logger.info("--resume: no %s yet, starting from scratch", last_path)
+        return
+    stateful = {"model": run.model, "optimizer": run.optimizer, "scheduler": run.scheduler, "scaler": run.scaler}
+    state, run.history = load_resume_state(last_path, run.output / "log.jsonl", run.config.identity(), stateful)
+    run.start_epoch, run.best_top1 = state["epoch"], state["best_top1"]
+    if run.info.is_main:
+        logger.info("resuming %s after epoch %d", run.output, run.start_epoch)
+
+
+def _report_unreadable(run: _Run, unreadable: list[Unreadable]) -> None:
+    for item in unreadable:
+        if item.path not in run.reported:
+            run.reported.add(item.path)
+            logger.warning("skipped unreadable image %s", item)
+
+
+def _fit(run: _Run) -> dict[str, Any]:
+    config, recipe, info = run.config, run.config.recipe, run.info
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    record: dict[str, Any] = run.history[-1] if run.history else {}
+    for epoch in range(run.start_epoch, recipe.epochs):
+        seed_epoch(config.seed, epoch, info.rank)
+        size = image_size_at_epoch(epoch, recipe)
+        run.sampler.set_epoch(epoch, size)
+        lr = run.optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        bar = tqdm(
+            total=len(run.loader),
+            desc=f"epoch {epoch + 1}/{recipe.epochs}",
+            leave=False,
+            disable=not (info.is_main and config.progress),
+        )
+        with bar:
+            stats = train_one_epoch(
+                run.ddp_model,
+                run.loader,
+                run.optimizer,
+                augment=run.augment,
+                device=info.device,
+                scaler=run.scaler,
+                autocast_dtype=run.autocast_dtype,
+                clip_grad=recipe.clip_grad,
+                memory_format=memory_format,
+                world_size=info.world_size,
+                progress=bar,
+            )
+        run.scheduler.step()
+        loss_sum, seen, skipped, wait = all_reduce_sum(
+            [stats.loss_sum, stats.images, len(stats.unreadable), stats.data_wait], info
+        )
+        result = evaluate(
+            run.model,
+            run.val_loader,
+            device=info.device,
+            autocast_dtype=run.autocast_dtype,
+            dist_info=info,
+            progress=info.is_main and config.progress,
+        )
+        _report_unreadable(run, stats.unreadable + result.unreadable)
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "val_top1": result.top1,
+            "val_top5": result.top5,
+            "lr": lr,
+            "images_per_s": seen / stats.seconds,
+            "seconds": time.perf_counter() - started,
+            "image_size": size,
+            "data_wait_share": wait / info.world_size / stats.seconds,
+            "skipped_images": int(skipped + result.skipped),
+        }
+        run.history.append(record)
+        _checkpoint(run, epoch, result)
+    return record
+
+
+def _checkpoint(run: _Run, epoch: int, result: EvalResult) -> None:
+    """After each epoch (rank 0 writes): best weights when top-1 improved, the resume state, the log."""
+    if not run.info.is_main:
+        run.best_top1 = max(run.best_top1, result.top1)
+        return
+    if result.top1 > run.best_top1:
+        run.best_top1 = result.top1
+        meta = {"epoch": str(epoch), "val_top1": f"{result.top1:.4f}", **run.eval_transform.to_metadata()}
+        save_checkpoint(run.model, run.output / "best.safetensors", class_names=run.classes, metadata=meta)
+    state = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": epoch + 1,
+        "best_top1": run.best_top1,
+        "settings": run.config.identity(),
+        "classes": run.classes,
+        "rng": rng_state(),
+    }
+    save_run_state(state, run.output / "last.pt")
+    write_log(run.history, run.output / "log.jsonl")
+    record = run.history[-1]
+    logger.info(
+        "epoch %d/%d  loss %.4f  val top-1 %.2f  top-5 %.2f  lr %.2e  %.0f img/s  %.0f s",
+        epoch + 1,
+        run.config.recipe.epochs,
+        record["train_loss"],
+        result.top1,
+        result.top5,
+        record["lr"],
+        record["images_per_s"],
+        record["seconds"],
+    )
