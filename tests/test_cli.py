@@ -148,3 +148,29 @@ def test_error_offline_download(tmp_path):
         pytest.skip("this machine has network access; the offline error cannot be shown")
     assert_one_line_error(result, "https://github.com/JierunChen/FasterNet/releases/download/v1.0/")
     assert str(env_home) in result.stderr
+
+
+def test_train_recipe_flags_are_the_recipe_fields_with_each_variants_value():
+    import dataclasses
+
+    out = run("train", "--help").stdout
+    for field in dataclasses.fields(fasternet.Recipe):
+        assert "--" + field.name.replace("_", "-") in out, field.name
+    text = " ".join(out.split())
+    assert "0.005 (t0), 0.01 (t1), 0.02 (t2), 0.03 (s), 0.05 (m/l)" in text  # weight decay, the paper's table
+    assert "4096 (t0/t1/t2/s), 2048 (m/l)" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["profile", "fasternet_t0", "--image-size", "0"], "must be >= 1"),
+        (["profile", "fasternet_t0", "--batch-size", "many"], "expected a whole number"),
+        (["bench", "--batch-sizes", "0"], "must be >= 1"),
+        (["predict", "--checkpoint", "x.safetensors", "a.png", "--top-k", "-3"], "must be >= 1"),
+    ],
+)
+def test_absurd_flag_values_are_refused_in_one_line(args, fragment):
+    result = run(*args, ok=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert fragment in result.stderr

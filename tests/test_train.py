@@ -295,6 +295,42 @@ def test_predict_on_an_unreadable_image_is_one_line(tmp_path):
     (tmp_path / "broken.jpg").write_text("nope")
     result = fasternet_cli("predict", "--checkpoint", str(path), str(tmp_path / "broken.jpg"), check=False)
     assert result.returncode == 1 and result.stderr.startswith("fasternet: error: cannot read image")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_predict_answers_every_readable_image_and_names_each_broken_one(tmp_path):
+    path = _constant_model(tmp_path, predicted=1, class_names=["a", "b"])
+    readable = write_awkward_images(tmp_path / "messy")
+    (tmp_path / "empty.png").write_bytes(b"")
+    good = SHARED / "data" / "trees" / "OSBS_029.png"
+    result = fasternet_cli(
+        "predict", "--checkpoint", str(path), str(good), str(tmp_path / "empty.png"), str(tmp_path / "messy"),
+        "--top-k", "1", check=False,
+    )  # fmt: skip
+    assert result.returncode == 1  # some inputs failed
+    answered = [line for line in result.stdout.splitlines() if not line.startswith(" ")]
+    expected_good = [str(good)] + sorted(str(tmp_path / "messy" / n) for n, ok in readable.items() if ok)
+    assert sorted(answered) == sorted(expected_good)
+    errors = result.stderr.strip().splitlines()
+    broken = [str(tmp_path / "empty.png")] + [str(tmp_path / "messy" / n) for n, ok in readable.items() if not ok]
+    assert len(errors) == len(broken) and all(e.startswith("fasternet: error: cannot read image") for e in errors)
+    assert all(any(b in e for e in errors) for b in broken)
+    lines = fasternet_cli("predict", "--checkpoint", str(path), str(tmp_path / "messy"), "--json", check=False)
+    records = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert len(records) == len(readable) and sum("error" in r for r in records) == 2
+    assert all(r["top"][0]["class"] == "b" for r in records if "top" in r)
+
+
+def test_eval_names_each_unreadable_file_once(tmp_path):
+    data = make_folder(tmp_path / "val", classes=2, per_class=3)
+    write_awkward_images(data / "class_0")
+    path = _constant_model(tmp_path, predicted=0, class_names=["class_0", "class_1"])
+    result = fasternet_cli("eval", "--checkpoint", str(path), "--data", str(data), "--workers", "1")
+    named = [line for line in result.stderr.splitlines() if line.startswith("skipped unreadable image")]
+    assert sorted(line.split()[3].rstrip(":") for line in named) == sorted(
+        str(data / "class_0" / n) for n in ("not_an_image.jpg", "truncated.jpg")
+    )
+    assert "(2 unreadable skipped)" in result.stdout
 
 
 def test_train_errors_are_clear(tmp_path):

@@ -13,7 +13,7 @@ from fasternet._version import __version__
 from fasternet.builder import create_model, create_model_from_checkpoint
 from fasternet.inference.deployed import deploy
 from fasternet.inference.exporters import ExportError, export
-from fasternet.inference.predict import Prediction, predict
+from fasternet.inference.prediction import Prediction, predict
 from fasternet.inference.profiler import profile
 from fasternet.inference.quantization import QuantizationError, QuantizedModel, load_quantized, quantize
 from fasternet.inference.runners import Runner, UnsupportedPrecisionError, runner

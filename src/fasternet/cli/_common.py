@@ -1,14 +1,9 @@
-"""What every command group shares: adding a subcommand, list flags, reporting unreadable files."""
+"""What every command group shares: adding a subcommand, list flags, checked numbers."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-from collections.abc import Callable, Iterable
-
-from fasternet.io.images import Unreadable
-
-logger = logging.getLogger("fasternet")
+from collections.abc import Callable
 
 Command = Callable[[argparse.Namespace], int | None]
 
@@ -36,10 +31,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-def report_unreadable(items: Iterable[Unreadable]) -> int:
-    """One line per unreadable file on stderr (path and reason); returns how many."""
-    count = 0
-    for item in items:
-        logger.warning("skipped unreadable image %s", item)
-        count += 1
-    return count
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated integers >= 1."""
+    values = tuple(positive_int(part) for part in split(text))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values

@@ -19,22 +19,24 @@ from fasternet.io.images import Unreadable, expand_image_paths, read_image
 def cmd_detect(args: argparse.Namespace) -> int | None:
     require("torchvision")  # a clear install hint before fasternet.detection imports it
     import fasternet.detection.data
-    import fasternet.detection.train
+    import fasternet.detection.training
     import fasternet.detection.visualize
 
     detection = fasternet.detection
     if args.detect_command == "train":
-        fields = {f.name for f in dataclasses.fields(detection.train.DetectionTrainConfig)}
+        fields = {f.name for f in dataclasses.fields(detection.training.DetectionTrainConfig)}
         values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
         values["lr_steps"] = tuple(int(v) for v in split(args.lr_steps))
-        detection.train.train_detector(detection.train.DetectionTrainConfig(**values))
+        detection.training.train_detector(detection.training.DetectionTrainConfig(**values))
         return None
     model = detection.load_detector(args.checkpoint)
     if args.detect_command == "eval":
         dataset = detection.data.CocoDetection(
             Path(args.data) / f"{args.split}.json", masks=model.fasternet_config["arch"] == "maskrcnn"
         )
-        metrics = detection.train.evaluate_detector(model, dataset, device=torch.device("cpu"), progress=not args.json)
+        metrics = detection.training.evaluate_detector(
+            model, dataset, device=torch.device("cpu"), progress=not args.json
+        )
         summary = "  ".join(
             f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k.endswith(("_ap", "_ap50"))
         )

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
 import torch
 
 from fasternet.builder import create_model
-from fasternet.cli._common import add_command, positive_int, report_unreadable, split
+from fasternet.cli._common import add_command, positive_int, positive_int_list, split
 from fasternet.inference import bench
 from fasternet.inference.exporters import EXPORT_FORMATS, export
-from fasternet.inference.predict import predict
+from fasternet.inference.prediction import predict
 from fasternet.inference.quantization import PRESETS, QUANT_BACKENDS, quantize
 from fasternet.inference.runners import BACKENDS, PRECISIONS, int8_runner, runner
-from fasternet.io.images import ImageFolder, evaluation_folder, image_loader
+from fasternet.io.images import ImageFolder, evaluation_folder, image_loader, log_unreadable
 from fasternet.models import FasterNet
 from fasternet.training.engine import class_index_map, evaluate
-
-logger = logging.getLogger("fasternet")
 
 
 def _model(args: argparse.Namespace) -> FasterNet:
@@ -60,7 +57,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = evaluate(
         candidate, loader, device=torch.device("cpu"), label_map=label_map, progress=not args.json, reference=reference
     )
-    report_unreadable(result.unreadable)
+    log_unreadable(result.unreadable)
     agreement = f"  top-1 agreement with fp32 {result.agreement:.2f}%" if result.agreement is not None else ""
     print(
         f"top-1 {result.top1:.3f}%  top-5 {result.top5:.3f}%  on {result.images} images"
@@ -119,7 +116,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         models=tuple(split(args.models)),
         backends=tuple(split(args.backends)),
         precisions=tuple(split(args.precisions)),
-        batch_sizes=tuple(positive_int(b) for b in split(args.batch_sizes)),
+        batch_sizes=args.batch_sizes,
         threads=args.threads,
         image_size=args.image_size,
         device=args.device,
@@ -228,7 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="fp32,bf16",
         help=f"comma-separated, of: {', '.join(PRECISIONS)} (skipped where unsupported; int8 needs --calibration)",
     )
-    p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes")
+    p.add_argument("--batch-sizes", type=positive_int_list, default=(1,), help="comma-separated batch sizes")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="CPU threads")
     p.add_argument("--image-size", type=positive_int, default=224, help="input height and width")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

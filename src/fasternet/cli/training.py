@@ -11,7 +11,7 @@ from fasternet.training.run import TrainConfig, run_training
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    changes = {flag.field: getattr(args, flag.field) for flag in recipe_flags()}
+    changes = {flag.field: getattr(args, flag.field, None) for flag in recipe_flags()}
     config = TrainConfig(
         model=args.model,
         data=args.data,
@@ -49,12 +49,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "train", cmd_train, "train on an image folder with the paper's recipe (torchrun for DDP)")
-    p.add_argument("--model", required=True, help="variant name")
-    p.add_argument("--data", required=True, help="folder holding train/ and val/ image folders")
-    p.add_argument("--output", required=True, help="run folder: last.pt, best.safetensors, log.jsonl")
+    p.add_argument("--model", required=True, default=argparse.SUPPRESS, help="variant name")
+    p.add_argument(
+        "--data", required=True, default=argparse.SUPPRESS, help="folder holding train/ and val/ image folders"
+    )
+    p.add_argument(
+        "--output", required=True, default=argparse.SUPPRESS, help="run folder: last.pt, best.safetensors, log.jsonl"
+    )
     recipe = p.add_argument_group("recipe (default: the variant's ImageNet recipe, values per variant in brackets)")
     for flag in recipe_flags():
-        recipe.add_argument(flag.flag, dest=flag.field, type=flag.type, help=flag.help)
+        recipe.add_argument(flag.flag, dest=flag.field, type=flag.type, help=flag.help, default=argparse.SUPPRESS)
     run = p.add_argument_group("run")
     run.add_argument(
         "--amp",

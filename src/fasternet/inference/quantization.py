@@ -25,7 +25,7 @@ import torch
 from fasternet._utils import require
 from fasternet.inference.deployed import DeployedFasterNet, deploy
 from fasternet.inference.exporters import export
-from fasternet.io.images import ImageFolder, Unreadable, collate_skipping_failures, evaluation_folder
+from fasternet.io.images import ImageFolder, Unreadable, collate_skipping_failures, evaluation_folder, log_unreadable
 from fasternet.models import EvalTransform, FasterNet
 
 __all__ = ["QUANT_BACKENDS", "QuantizationError", "QuantizedModel", "fingerprint", "load_quantized", "quantize"]
@@ -78,8 +78,8 @@ def _calibration_batches(
     images: list[torch.Tensor] = []
     skipped = 0
     for item in _iterate(calibration):
-        if item is None or isinstance(item, Unreadable):
-            skipped += 1
+        if isinstance(item, Unreadable):
+            skipped += log_unreadable([item])
             continue
         x = item[0] if isinstance(item, (tuple, list)) else item
         if not isinstance(x, torch.Tensor):
@@ -102,7 +102,10 @@ def _iterate(source: Any) -> Iterator[Any]:
     if isinstance(source, torch.utils.data.DataLoader) and source.collate_fn is not None:
         for batch in source:
             if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[1], list):
-                yield None if batch[0] is None else batch[0]  # (batch or None, unreadable) from our collate
+                images, unreadable = batch  # from our collate: (batch or None, unreadable files)
+                yield from unreadable
+                if images is not None:
+                    yield images
             else:
                 yield batch
         return

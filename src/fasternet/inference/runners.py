@@ -36,6 +36,7 @@ from fasternet._utils import atomic_write, cache_dir, cpu_flags, cpu_has_bf16, c
 from fasternet.builder import create_model
 from fasternet.inference.deployed import DeployedFasterNet, deploy
 from fasternet.inference.exporters import export, output_names
+from fasternet.inference.kernels.block import choose_fused_stages, fuse_blocks
 from fasternet.inference.quantization import QuantizedModel, load_quantized, quantize
 from fasternet.inference.timing import median_seconds
 from fasternet.models import EvalTransform, FasterNet
@@ -278,7 +279,6 @@ def _build(
         if device.type != "cuda":
             raise ValueError(f"backend {backend!r} runs the fused block kernel on CUDA devices; use device='cuda'")
         require("triton")
-        from fasternet.inference.kernels.block import choose_fused_stages, fuse_blocks  # registers the custom op
 
         dtype = TORCH_DTYPES[precision]
         # Eager, the stages left to cuDNN run fastest in the concat form; compiled, in the split form.

@@ -7,6 +7,7 @@ A file that cannot be decoded never ends a run: it comes back as an :class:`Unre
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -26,8 +27,11 @@ __all__ = [
     "expand_image_paths",
     "image_loader",
     "load_image",
+    "log_unreadable",
     "read_image",
 ]
+
+logger = logging.getLogger("fasternet")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -160,3 +164,16 @@ def image_loader(
         collate_fn=collate_skipping_failures,
         persistent_workers=False,
     )
+
+
+def log_unreadable(items: Iterable[Unreadable], already: set[str] | None = None) -> int:
+    """Name each unreadable file once on the log (``skipped unreadable image PATH: REASON``); how many were new."""
+    count = 0
+    for item in items:
+        if already is not None:
+            if item.path in already:
+                continue
+            already.add(item.path)
+        logger.warning("skipped unreadable image %s", item)
+        count += 1
+    return count

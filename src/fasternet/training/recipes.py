@@ -140,13 +140,12 @@ class RecipeFlag:
 
 
 def _values_by_variant(name: str) -> str:
-    """'0.005 (t0), 0.01 (t1), ...' grouped: variants sharing a value are listed together."""
+    """'0.005 (t0), 0.01 (t1), ...': the paper's value per variant, variants sharing a value together."""
     groups: dict[str, list[str]] = {}
     for variant, recipe in RECIPES.items():
-        value = getattr(recipe, name)
-        groups.setdefault(
-            "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value), []
-        ).append(variant.removeprefix("fasternet_"))
+        value = recipe.peak_lr if name == "lr" else getattr(recipe, name)
+        text = "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        groups.setdefault(text, []).append(variant.removeprefix("fasternet_"))
     if len(groups) == 1:
         return next(iter(groups))
     return ", ".join(f"{value} ({'/'.join(names)})" for value, names in groups.items())

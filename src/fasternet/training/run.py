@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from fasternet._utils import cpu_has_bf16
 from fasternet.builder import create_model
 from fasternet.io.checkpoints import save_checkpoint
-from fasternet.io.images import ImageFolder, Unreadable, collate_skipping_failures, image_loader
+from fasternet.io.images import ImageFolder, collate_skipping_failures, image_loader, log_unreadable
 from fasternet.models import EvalTransform, FasterNet
 from fasternet.training.augment import BatchAugment, Mixup, RandAugmentSpec, SampleParams
 from fasternet.training.data import EpochSampler, ShardSampler, TrainCrop, TrainingImages
@@ -292,13 +292,6 @@ def _resume(run: _Run) -> None:
         logger.info("resuming %s after epoch %d", run.output, run.start_epoch)
 
 
-def _report_unreadable(run: _Run, unreadable: list[Unreadable]) -> None:
-    for item in unreadable:
-        if item.path not in run.reported:
-            run.reported.add(item.path)
-            logger.warning("skipped unreadable image %s", item)
-
-
 def _fit(run: _Run) -> dict[str, Any]:
     config, recipe, info = run.config, run.config.recipe, run.info
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -341,7 +334,7 @@ def _fit(run: _Run) -> dict[str, Any]:
             dist_info=info,
             progress=info.is_main and config.progress,
         )
-        _report_unreadable(run, stats.unreadable + result.unreadable)
+        log_unreadable(stats.unreadable + result.unreadable, run.reported)
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),
