@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,26 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fasternet.data import EvalTransform, ImageFolder, TrainCrop, load_image
 from PIL import Image
 
 import fasternet
-
-
-def cpu_description() -> str:
-    model = platform.processor() or "unknown CPU"
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    isa = [name for name in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if name in flags]
-    return f"{model} ({os.cpu_count()} cores; {', '.join(isa) or 'no AVX2'})"
+from fasternet._utils import machine_description
+from fasternet.io.images import ImageFolder, load_image
+from fasternet.training.data import TrainCrop
 
 
 def write_images(root: Path, count: int, classes: int = 4) -> None:
@@ -66,8 +51,8 @@ def write_images(root: Path, count: int, classes: int = 4) -> None:
 class _EagerSet(torch.utils.data.Dataset):
     def __init__(self, folder: ImageFolder, size: int):
         self.folder, self.size, self.crop = folder, size, TrainCrop()
-        self.mean = torch.tensor(EvalTransform().mean).view(3, 1, 1)
-        self.std = torch.tensor(EvalTransform().std).view(3, 1, 1)
+        self.mean = torch.tensor(fasternet.EvalTransform().mean).view(3, 1, 1)
+        self.std = torch.tensor(fasternet.EvalTransform().std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -159,7 +144,7 @@ def main() -> None:
         results["fasternet"].append(fasternet_loop(data, args.image_size, args.batch_size, args.steps, args.workers))
         results["eager"].append(eager_loop(data, args.image_size, args.batch_size, args.steps, args.workers))
     print(
-        f"# {cpu_description()}; torch {torch.__version__}; T0 {args.image_size}px, batch {args.batch_size}, "
+        f"# {machine_description()}, {os.cpu_count()} cores; T0 {args.image_size}px, batch {args.batch_size}, "
         f"{args.steps} steps x {args.repeats} interleaved runs, {args.workers} data workers"
     )
     summary = {}

@@ -1,11 +1,12 @@
 """fasternet: PConv and the FasterNet backbones, exact to the paper and fast in practice.
 
-Models: ``create_model``, ``list_models``, ``FasterNet``, ``layers`` (PConv and blocks for any
-network). Checkpoints: ``load_checkpoint``, ``save_checkpoint``, ``read_checkpoint``,
-``convert_state_dict``. Training: ``train``, ``evaluate``. Inference: ``deploy``, ``export``,
-``runner``, ``quantize``, ``predict``, ``profile``. Detection lives in ``fasternet.detection``
-(needs torchvision). The layers import one way: models <- io <- builder <- training /
-inference / detection <- cli (see the README, "Layout of the code").
+Models: ``create_model``, ``list_models``, ``list_weights``, ``FasterNet``, ``layers`` (PConv
+and blocks for any network). Checkpoints: ``load_checkpoint``, ``save_checkpoint``,
+``read_checkpoint``, ``convert_state_dict``. Training: ``train``, ``recipe_for``, ``RECIPES``.
+Inference: ``deploy``, ``export``, ``runner``, ``quantize``, ``predict``, ``profile``.
+Detection lives in ``fasternet.detection`` (needs torchvision). The layers import one way:
+models <- io <- builder <- training / inference <- detection <- cli (see the README, "Layout
+of the code").
 """
 
 from fasternet import layers

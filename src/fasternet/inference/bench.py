@@ -569,7 +569,7 @@ def benchmark(request: BenchRequest, *, progress: Callable[[str], None] = lambda
     if request.device == "cpu":
         for precision in sorted({r.config.precision for r in rows} - {"int8"}):  # no int8 GEMM reference here
             progress(f"measuring the {precision} GEMM peak")
-            peaks[precision] = gemm_peak(request.threads, precision)
+            peaks[precision] = gemm_peak(request.threads, precision, rounds=min(3, request.rounds))
     peers = None
     if request.peers:
         peers = peer_rows(
