@@ -35,6 +35,7 @@ class Block:
     body: str
     line: int
     note: str = ""
+    section: str = ""  # the "## " heading above it
 
     @property
     def skip_reason(self) -> str | None:
@@ -46,15 +47,26 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"README.md:{self.line}"
+        return f"README.md:{self.line:04d}"  # zero-padded: runners that sort by id keep the order
 
 
 def blocks() -> list[Block]:
     text = README.read_text()
-    return [
-        Block(m["lang"], m["body"], text.count("\n", 0, m.start("body")) + 1, m["note"] or "")
-        for m in _BLOCK.finditer(text)
-    ]
+    found = []
+    for m in _BLOCK.finditer(text):
+        headings = re.findall(r"^## (.+)$", text[: m.start()], re.M)
+        line = text.count("\n", 0, m.start("body")) + 1
+        found.append(Block(m["lang"], m["body"], line, m["note"] or "", headings[-1] if headings else ""))
+    return found
+
+
+def prepare_fashion_mnist(workdir: Path, fashion_source: Path) -> None:
+    """``data/fmnist`` as the README's ``fasternet prepare fashion-mnist data/fmnist`` writes it, small."""
+    import fasternet
+
+    fasternet.prepare_fashion_mnist(
+        workdir / "data" / "fmnist", source=fashion_source, train=256, val=64, progress=False
+    )
 
 
 def commands(block: Block) -> Iterator[str]:

@@ -104,7 +104,10 @@ def test_batch_augment_with_randaugment_runs_every_op():
     params[:, 3] = 9
     params[:, 4] = 1
     augment = BatchAugment(mean=MEAN, std=STD, randaugment=spec, mixup=Mixup(num_classes=2))
-    images = torch.randint(0, 256, (len(OPS), 3, 16, 16), dtype=torch.uint8)
+    # Not the full 0-255 range: auto-contrast leaves an image that already spans it unchanged.
+    images = torch.randint(
+        20, 230, (len(OPS), 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     x, _ = augment(images, torch.zeros(len(OPS), dtype=torch.long), params)
     plain, _ = BatchAugment(mean=MEAN, std=STD, randaugment=None, mixup=Mixup(num_classes=2))(
         images, torch.zeros(len(OPS), dtype=torch.long), params[:, :1]

@@ -1,5 +1,7 @@
 """Every Python block and every command of the README runs, in order, in one folder, on small data.
 
+The suite runs under xdist with ``--dist loadfile``: one worker runs this file, in order.
+
 Blocks marked ``<!-- readme-test: skip: ... -->`` (network or GPU) are skipped with their reason;
 ``env=detection`` blocks run in ``tests/with_torchvision/test_readme_detection.py``. See
 ``tests/readme.py`` for the small-data changes.
@@ -17,7 +19,7 @@ import pytest
 import readme
 from fasternet.cli import build_parser
 
-BLOCKS = [b for b in readme.blocks() if b.lang in ("python", "bash") and b.env == "core"]
+BLOCKS = [b for b in readme.blocks() if b.lang in ("python", "bash") and b.env == "core" and b.section != "Benchmarks"]
 
 
 @pytest.fixture(scope="module")
