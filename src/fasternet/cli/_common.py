@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 Command = Callable[[argparse.Namespace], int | None]
 
@@ -37,3 +39,15 @@ def positive_int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
     return values
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """argparse type: a comma-separated list."""
+    return tuple(split(text))
+
+
+def from_args(args: argparse.Namespace, cls: type, **given: Any) -> Any:
+    """An instance of the dataclass ``cls`` from the flags named like its fields (``given`` wins)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return cls(**{**values, **given})

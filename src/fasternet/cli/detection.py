@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 from fasternet._utils import require
-from fasternet.cli._common import add_command, split
+from fasternet.cli._common import add_command, from_args, positive_int_list
 from fasternet.io.images import Unreadable, expand_image_paths, read_image
 
 
@@ -24,10 +23,8 @@ def cmd_detect(args: argparse.Namespace) -> int | None:
 
     detection = fasternet.detection
     if args.detect_command == "train":
-        fields = {f.name for f in dataclasses.fields(detection.training.DetectionTrainConfig)}
-        values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-        values["lr_steps"] = tuple(int(v) for v in split(args.lr_steps))
-        detection.training.train_detector(detection.training.DetectionTrainConfig(**values))
+        config = from_args(args, detection.training.DetectionTrainConfig, lr_steps=args.lr_steps)
+        detection.training.train_detector(config)
         return None
     model = detection.load_detector(args.checkpoint)
     if args.detect_command == "eval":
@@ -96,11 +93,7 @@ def cmd_convert_mmdet(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "detect", cmd_detect, "object detection and instance segmentation (needs torchvision)")
     detect = p.add_subparsers(dest="detect_command", required=True, metavar="DETECT_COMMAND")
-    d = detect.add_parser(
-        "train",
-        help="train a detector on COCO-format data (train.json, val.json)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    d = add_command(detect, "train", cmd_detect, "train a detector on COCO-format data (train.json, val.json)")
     d.add_argument("--data", required=True, help="folder with train.json, val.json and the images")
     d.add_argument("--output", required=True, help="run folder: last.pt, best.safetensors, log.jsonl")
     d.add_argument("--arch", choices=["maskrcnn", "fasterrcnn", "retinanet", "fcos"], default="maskrcnn")
@@ -111,7 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=int, default=2, help="images per process")
     d.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
     d.add_argument("--weight-decay", type=float, default=1e-4)
-    d.add_argument("--lr-steps", default="8,11", help="epochs after which the lr is divided by 10")
+    d.add_argument(
+        "--lr-steps", type=positive_int_list, default=(8, 11), help="epochs after which the lr is divided by 10"
+    )
     d.add_argument("--warmup-iters", type=int, default=500, help="linear warm-up iterations")
     d.add_argument("--min-size", type=int, default=800, help="short side the images are resized to")
     d.add_argument("--max-size", type=int, default=1333, help="longest side at most")
@@ -121,25 +116,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--resume", action="store_true", help="continue after the last completed epoch")
     d.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     d.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    d = detect.add_parser(
-        "eval",
-        help="COCO box (and mask) AP of a detector checkpoint",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    d = add_command(detect, "eval", cmd_detect, "COCO box (and mask) AP of a detector checkpoint")
     d.add_argument("--checkpoint", required=True, help="detector checkpoint (.safetensors)")
     d.add_argument("--data", required=True, help="folder with SPLIT.json and the images")
     d.add_argument("--split", default="val", help="which json to evaluate on")
     d.add_argument("--json", action="store_true", help="last line: JSON with bbox_ap, bbox_ap50, segm_ap, ...")
-    d = detect.add_parser(
-        "predict",
-        help="detections on image files, optionally drawn",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    d = add_command(detect, "predict", cmd_detect, "detections on image files (a folder: the images in it), drawn")
     d.add_argument("--checkpoint", required=True, help="detector checkpoint (.safetensors)")
     d.add_argument("--score-threshold", type=float, default=0.5, help="lowest score shown")
     d.add_argument("--save-vis", help="folder to write the images with boxes, masks and labels into")
     d.add_argument("--json", action="store_true", help="one JSON line per image")
-    d.add_argument("images", nargs="+", help="image files")
+    d.add_argument("images", nargs="+", help="image files or folders")
 
     p = add_command(sub, "convert-mmdet", cmd_convert_mmdet, "convert a released mmdet FasterNet Mask R-CNN checkpoint")
     p.add_argument("checkpoint", help="mmdet checkpoint (.pth) path or URL")

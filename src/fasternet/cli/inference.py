@@ -10,7 +10,7 @@ import sys
 import torch
 
 from fasternet.builder import create_model
-from fasternet.cli._common import add_command, positive_int, positive_int_list, split
+from fasternet.cli._common import add_command, comma_list, from_args, positive_int, positive_int_list, split
 from fasternet.inference import bench
 from fasternet.inference.exporters import EXPORT_FORMATS, export
 from fasternet.inference.prediction import predict
@@ -112,20 +112,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    request = bench.BenchRequest(
-        models=tuple(split(args.models)),
-        backends=tuple(split(args.backends)),
-        precisions=tuple(split(args.precisions)),
-        batch_sizes=args.batch_sizes,
-        threads=args.threads,
-        image_size=args.image_size,
-        device=args.device,
-        baselines=args.baselines,
-        rounds=args.rounds,
-        calibration=args.calibration,
-        samples=args.samples,
-        peers=args.peers,
-    ).with_preset(args.preset)
+    request = from_args(args, bench.BenchRequest).with_preset(args.preset)
     say = (lambda m: None) if args.json else (lambda m: print(f"... {m}", file=sys.stderr))
     if args.what == "operators":
         rows = bench.operator_table(threads=request.threads, rounds=request.rounds)
@@ -214,15 +201,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="models",
         help="models, or the paper's operator table (Conv, GConv, DWConv, PConv)",
     )
-    p.add_argument("--models", default="fasternet_t0", help="comma-separated variants")
+    p.add_argument("--models", type=comma_list, default=("fasternet_t0",), help="comma-separated variants")
     p.add_argument(
         "--backends",
-        default="torch,onnxruntime,openvino",
+        type=comma_list,
+        default=("torch", "onnxruntime", "openvino"),
         help=f"comma-separated, of: {', '.join(BACKENDS)} (triton ones on --device cuda: the fused block kernel)",
     )
     p.add_argument(
         "--precisions",
-        default="fp32,bf16",
+        type=comma_list,
+        default=("fp32", "bf16"),
         help=f"comma-separated, of: {', '.join(PRECISIONS)} (skipped where unsupported; int8 needs --calibration)",
     )
     p.add_argument("--batch-sizes", type=positive_int_list, default=(1,), help="comma-separated batch sizes")

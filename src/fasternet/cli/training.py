@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fasternet.cli._common import add_command, positive_int
+from fasternet.cli._common import add_command, from_args, positive_int
 from fasternet.training.data import FASHION_MNIST_SOURCE, prepare_fashion_mnist
 from fasternet.training.recipes import recipe_flags, recipe_for
 from fasternet.training.run import TrainConfig, run_training
@@ -12,22 +12,7 @@ from fasternet.training.run import TrainConfig, run_training
 
 def cmd_train(args: argparse.Namespace) -> None:
     changes = {flag.field: getattr(args, flag.field, None) for flag in recipe_flags()}
-    config = TrainConfig(
-        model=args.model,
-        data=args.data,
-        output=args.output,
-        recipe=recipe_for(args.model, **changes),
-        amp=args.amp,
-        workers=args.workers,
-        pretrained=args.pretrained,
-        num_classes=args.num_classes,
-        resume=args.resume,
-        seed=args.seed,
-        sync_bn=args.sync_bn,
-        device=args.device,
-        progress=args.progress,
-    )
-    run_training(config)
+    run_training(from_args(args, TrainConfig, recipe=recipe_for(args.model, **changes)))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:

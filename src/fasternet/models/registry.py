@@ -16,15 +16,7 @@ from typing import Any
 
 from fasternet.models.transforms import EvalTransform
 
-__all__ = [
-    "RELEASE_URL_PREFIX",
-    "Variant",
-    "Weights",
-    "get_variant",
-    "get_weights",
-    "list_models",
-    "list_weights",
-]
+__all__ = ["RELEASE_URL_PREFIX", "Variant", "Weights", "get_variant", "get_weights", "list_models", "list_weights"]
 
 RELEASE_URL_PREFIX = "https://github.com/JierunChen/FasterNet/releases/download/v1.0/"
 
