@@ -13,12 +13,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fasternet.io.checkpoints import Checkpoint, CheckpointError, infer_config, load_checkpoint, read_checkpoint
+from fasternet.io.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    identify_variant,
+    infer_config,
+    load_checkpoint,
+    read_checkpoint,
+)
 from fasternet.io.hub import download, is_url
 from fasternet.layers import resolve_act_layer
 from fasternet.models import FasterNet, get_variant, get_weights, list_models, list_weights
 
-__all__ = ["create_model", "create_model_from_checkpoint", "is_model_name"]
+__all__ = ["create_model", "create_model_from_checkpoint", "identify_variant_of", "is_model_name"]
 
 logger = logging.getLogger("fasternet")
 
@@ -137,6 +144,17 @@ def create_model(
         model.eval_transform = default_transform
     if checkpoint is not None:
         report = load_checkpoint(model, checkpoint)
+        total = len(model.state_dict())
+        fresh = f"; left initialized: {', '.join(report.left_initialized)}" if report.left_initialized else ""
+        logger.log(
+            logging.INFO if pretrained not in (False, None) else logging.DEBUG,  # initializing: say what was kept
+            "loaded %d of %d tensors from %s (%s layout)%s",
+            total - len(report.left_initialized),
+            total,
+            checkpoint.origin,
+            report.layout,
+            fresh,
+        )
         model.eval_transform = checkpoint.eval_transform(model.eval_transform)
         classifier_loaded = not any(k.startswith("classifier.") for k in report.left_initialized)
         if checkpoint.class_names is not None and classifier_loaded and not model.features_only:
@@ -149,3 +167,11 @@ def create_model_from_checkpoint(source: str | os.PathLike | Mapping, **override
     if isinstance(source, Mapping) and not _is_state_dict(source):
         raise CheckpointError("create_model_from_checkpoint() takes a checkpoint, not a configuration")
     return create_model(source, **overrides)
+
+
+def identify_variant_of(source: str | os.PathLike) -> str | None:
+    """The registered variant a name, tag or checkpoint is (None for another configuration)."""
+    if is_model_name(source):
+        return get_weights(source).variant
+    checkpoint = _read(source)
+    return identify_variant(checkpoint.config or infer_config(checkpoint.state_dict))

@@ -6,13 +6,15 @@ import argparse
 
 from fasternet.cli._common import add_command, from_args, positive_int
 from fasternet.training.data import FASHION_MNIST_SOURCE, prepare_fashion_mnist
-from fasternet.training.recipes import recipe_flags, recipe_for
-from fasternet.training.run import TrainConfig, run_training
+from fasternet.training.recipes import PRESETS, recipe_flags, recipe_for
+from fasternet.training.run import TrainConfig, resolve_model_name, run_training
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     changes = {flag.field: getattr(args, flag.field, None) for flag in recipe_flags()}
-    run_training(from_args(args, TrainConfig, recipe=recipe_for(args.model, **changes)))
+    model = resolve_model_name(args.model, args.pretrained)
+    recipe = recipe_for(model, args.recipe, **changes)
+    run_training(from_args(args, TrainConfig, model=model, recipe=recipe))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -34,12 +36,19 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "train", cmd_train, "train on an image folder with the paper's recipe (torchrun for DDP)")
-    p.add_argument("--model", required=True, default=argparse.SUPPRESS, help="variant name")
+    p.add_argument("--model", help="variant name (default with --pretrained: the checkpoint's variant)")
     p.add_argument(
         "--data", required=True, default=argparse.SUPPRESS, help="folder holding train/ and val/ image folders"
     )
     p.add_argument(
         "--output", required=True, default=argparse.SUPPRESS, help="run folder: last.pt, best.safetensors, log.jsonl"
+    )
+    p.add_argument(
+        "--recipe",
+        choices=PRESETS,
+        default="imagenet",
+        help="imagenet: the paper's recipe of the variant; finetune: short warm-up, lower lr, no mixup/cutmix, "
+        "10 epochs at batch 64; the flags below change either",
     )
     recipe = p.add_argument_group("recipe (default: the variant's ImageNet recipe, values per variant in brackets)")
     for flag in recipe_flags():
@@ -52,10 +61,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="autocast: auto = fp16 on GPUs, bf16 on CPUs that have it, else off",
     )
     run.add_argument("--workers", type=int, help="data loading processes per training process (default: cores, max 8)")
-    run.add_argument("--pretrained", help="initialize from a checkpoint (any layout; classifier kept if it fits)")
+    run.add_argument(
+        "--pretrained",
+        help="initialize from a variant's release (its name) or a checkpoint (any layout, e.g. another run's "
+        "best.safetensors); the classifier is kept when the class count fits",
+    )
     run.add_argument("--num-classes", type=positive_int, help="check the number of classes (default: from the folders)")
     run.add_argument("--resume", action="store_true", help="continue after the last completed epoch in --output")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    run.add_argument(
+        "--max-nonfinite",
+        type=positive_int,
+        default=20,
+        help="batches in a row with a NaN/infinite loss (each skipped) before the run stops",
+    )
     run.add_argument("--sync-bn", action="store_true", help="batch norm statistics over all processes")
     run.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -110,6 +110,7 @@ class FasterNet(nn.Module):
         self.features_only = features_only
         self.class_names: list[str] | None = None  # label names, when a checkpoint provides them
         self.eval_transform = EvalTransform()  # how images are prepared for it; weights set their own
+        self.frozen_stages = 0  # see freeze_stages()
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, patch_stride)
         # Stochastic depth rises linearly from 0 over all blocks, as in the official code.
@@ -205,6 +206,24 @@ class FasterNet(nn.Module):
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             _init_weights(self.classifier)
+
+    def freeze_stages(self, count: int) -> None:
+        """Stop training the stem and the first ``count`` stages: weights and BN statistics (fine-tuning)."""
+        if not 0 <= count <= len(self.stages):
+            raise ValueError(f"freeze_stages takes 0..{len(self.stages)}, got {count}")
+        self.frozen_stages = count
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [self.patch_embed, *self.stages[: self.frozen_stages]] if self.frozen_stages else []
+
+    def train(self, mode: bool = True) -> FasterNet:
+        super().train(mode)
+        for module in self._frozen_modules():  # frozen parts keep their BN statistics
+            module.eval()
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward: less memory for large models and batches."""

@@ -96,14 +96,20 @@ class RandAugmentSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SampleParams:
-    """Draws one sample's augmentation choices: [flip, (op, applied, magnitude, sign) x n]."""
+    """Draws one sample's augmentation choices.
+
+    [flip, (op, applied, magnitude, sign) x n ops, (erase, top, left, height, width) if erasing];
+    the erased box is in fractions of the image, drawn as timm's RandomErasing draws it (area
+    2-33%, aspect 0.3-3.3).
+    """
 
     randaugment: RandAugmentSpec | None = None
     hflip: float = 0.5
+    random_erasing: float = 0.0
 
     @property
     def width(self) -> int:
-        return 1 + 4 * (self.randaugment.num_ops if self.randaugment else 0)
+        return 1 + 4 * (self.randaugment.num_ops if self.randaugment else 0) + (5 if self.random_erasing else 0)
 
     def __call__(self, rng: np.random.Generator) -> torch.Tensor:
         values = [float(rng.random() < self.hflip)]
@@ -118,7 +124,22 @@ class SampleParams:
                 magnitude = float(np.clip(magnitude, 0.0, MAGNITUDE_MAX))
                 sign = 1.0 if rng.random() < 0.5 else -1.0
                 values += [op, applied, magnitude, sign]
+        if self.random_erasing:
+            values += _erase_box(rng, self.random_erasing)
         return torch.tensor(values, dtype=torch.float32)
+
+
+def _erase_box(rng: np.random.Generator, probability: float) -> list[float]:
+    """[applied, top, left, height, width], the box in fractions of the image."""
+    if rng.random() >= probability:
+        return [0.0, 0.0, 0.0, 0.0, 0.0]
+    for _ in range(10):
+        area = rng.uniform(0.02, 1 / 3)
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+        height, width = math.sqrt(area * aspect), math.sqrt(area / aspect)
+        if height < 1 and width < 1:
+            return [1.0, rng.uniform(0, 1 - height), rng.uniform(0, 1 - width), height, width]
+    return [0.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -224,12 +245,15 @@ class Mixup:
 class BatchAugment(torch.nn.Module):
     """uint8 batch + per-sample params -> normalized float batch and soft targets, on any device."""
 
-    def __init__(self, *, mean, std, randaugment: RandAugmentSpec | None, mixup: Mixup) -> None:
+    def __init__(
+        self, *, mean, std, randaugment: RandAugmentSpec | None, mixup: Mixup, random_erasing: bool = False
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.randaugment = randaugment
         self.mixup = mixup
+        self.random_erasing = random_erasing
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, labels: torch.Tensor, params: torch.Tensor):
@@ -245,4 +269,18 @@ class BatchAugment(torch.nn.Module):
                     level = (magnitude * sign)[selected]
                     x[selected] = _apply_op(OPS[int(index)], x[selected], level, fill)
         x = (x - self.mean) / self.std
+        if self.random_erasing:
+            x = _erase(x, params[:, -5:])
         return self.mixup(x, labels)
+
+
+def _erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Replace each selected box by normal noise (on normalized pixels, timm's 'pixel' mode)."""
+    n, _, height, width = x.shape
+    rows = torch.arange(height, device=x.device).view(1, height, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, width)
+    applied, top, left, box_h, box_w = (v.view(n, 1, 1) for v in boxes.unbind(1))
+    y0, x0 = (top * height).floor(), (left * width).floor()
+    y1, x1 = y0 + (box_h * height).round().clamp_min(1), x0 + (box_w * width).round().clamp_min(1)
+    inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1) & (applied > 0)
+    return torch.where(inside.unsqueeze(1), torch.randn_like(x), x)

@@ -29,6 +29,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_SOURCE",
     "EpochSampler",
+    "PadCrop",
     "ShardSampler",
     "TrainCrop",
     "TrainingImages",
@@ -71,6 +72,25 @@ class TrainCrop:
         return to_uint8_tensor(image.resize((size, size), Image.BICUBIC, box=box))
 
 
+@dataclasses.dataclass(frozen=True)
+class PadCrop:
+    """Resize to ``size``, pad ``padding`` black pixels around, random ``size`` crop: CIFAR's crop.
+
+    For small images whose object fills the frame (Fashion-MNIST, CIFAR), where a
+    random-resized crop of a few pixels throws the object away.
+    """
+
+    padding: int = 4
+
+    def __call__(self, image: Image.Image, size: int, rng: np.random.Generator) -> torch.Tensor:
+        pixels = to_uint8_tensor(image.resize((size, size), Image.BICUBIC))
+        if self.padding == 0:
+            return pixels
+        padded = torch.nn.functional.pad(pixels, (self.padding,) * 4)
+        top, left = (int(v) for v in rng.integers(0, 2 * self.padding + 1, size=2))
+        return padded[:, top : top + size, left : left + size].contiguous()
+
+
 class TrainingImages(torch.utils.data.Dataset):
     """An image folder seen by the training loop: ``(index, epoch, image_size)`` -> a cropped sample.
 
@@ -83,7 +103,7 @@ class TrainingImages(torch.utils.data.Dataset):
         self,
         folder: ImageFolder,
         *,
-        crop: TrainCrop,
+        crop: TrainCrop | PadCrop,
         augment_params: Callable[[np.random.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:

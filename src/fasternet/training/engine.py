@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from fasternet.io.images import Unreadable
 from fasternet.training.augment import BatchAugment
 from fasternet.training.distributed import DistInfo, all_reduce_sum
+from fasternet.training.ema import ModelEma
 from fasternet.training.loss import soft_target_cross_entropy
 
 __all__ = ["EpochStats", "EvalResult", "class_index_map", "evaluate", "train_one_epoch"]
@@ -35,6 +36,15 @@ class EpochStats:
     unreadable: list[Unreadable] = dataclasses.field(default_factory=list)
     data_wait: float = 0.0  # seconds spent waiting for the loader
     seconds: float = 0.0
+    nonfinite_steps: int = 0  # batches whose loss was NaN or infinite: skipped, not stepped
+
+
+def _all_finite(loss: torch.Tensor, dist_info: DistInfo | None) -> bool:
+    """Whether the loss is finite on every process (they must skip the same steps, or DDP hangs)."""
+    finite = torch.isfinite(loss.detach()).to(torch.float64).reshape(1)
+    if dist_info is not None and dist_info.enabled:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 def train_one_epoch(
@@ -47,16 +57,25 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     autocast_dtype: torch.dtype | None,
     clip_grad: float | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: ModelEma | None = None,
     memory_format: torch.memory_format = torch.channels_last,
-    world_size: int = 1,
+    dist_info: DistInfo | None = None,
+    max_nonfinite: int = 20,
     progress: tqdm | None = None,
 ) -> EpochStats:
-    """Forward, soft-target cross-entropy, backward and an optimizer step for every batch."""
+    """Forward, soft-target cross-entropy, backward and an optimizer step for every batch.
+
+    ``scheduler`` (per-step schedules) steps after every batch; ``ema`` updates after every
+    optimizer step. A batch whose loss is not finite is skipped and counted; ``max_nonfinite``
+    of them in a row stop the run with FloatingPointError.
+    """
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
+    world_size = dist_info.world_size if dist_info is not None else 1
     stats = EpochStats()
+    in_a_row = 0
     started = fetch_start = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"]
     for batch, failed in loader:
         stats.data_wait += time.perf_counter() - fetch_start
         stats.unreadable += failed
@@ -69,20 +88,37 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(x)
         loss = soft_target_cross_entropy(logits, targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss is {loss.item()}; lower the learning rate?")
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(parameters, clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        stats.loss_sum += loss.item() * labels.numel()
-        stats.images += labels.numel()
+        if _all_finite(loss, dist_info):
+            in_a_row = 0
+            scaler.scale(loss).backward()
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(parameters, clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model)
+            stats.loss_sum += loss.item() * labels.numel()
+            stats.images += labels.numel()
+        else:
+            stats.nonfinite_steps += 1
+            in_a_row += 1
+            if in_a_row >= max_nonfinite:
+                raise FloatingPointError(
+                    f"the loss was not finite for {in_a_row} batches in a row; lower the learning rate "
+                    "(or check the data, or turn AMP off with --amp off)"
+                )
+        if scheduler is not None:
+            scheduler.step()
         if progress is not None:
+            seen = max(stats.images, 1)
             throughput = stats.images * world_size / (time.perf_counter() - started)
-            progress.set_postfix(loss=f"{stats.loss_sum / stats.images:.4f}", lr=f"{lr:.2e}", img_s=f"{throughput:.0f}")
+            postfix = {"loss": f"{stats.loss_sum / seen:.4f}", "lr": f"{optimizer.param_groups[0]['lr']:.2e}"}
+            postfix["img_s"] = f"{throughput:.0f}"
+            if stats.nonfinite_steps:
+                postfix["skipped_nan"] = str(stats.nonfinite_steps)
+            progress.set_postfix(postfix)
             progress.update()
         fetch_start = time.perf_counter()
     stats.seconds = time.perf_counter() - started

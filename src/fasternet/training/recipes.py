@@ -1,4 +1,5 @@
-"""Training recipes as one table of typed records: the paper's ImageNet recipe per variant.
+"""Training recipes as one table of typed records: the paper's ImageNet recipe per variant,
+and a fine-tuning preset.
 
 :class:`Recipe` is declared once. ``fasternet train``'s recipe flags are generated from its
 fields (:func:`recipe_flags`), and :func:`recipe_for` applies a user's changes with the rules
@@ -16,7 +17,7 @@ from typing import Any
 
 from fasternet.models import get_variant, list_models
 
-__all__ = ["RECIPES", "Recipe", "RecipeFlag", "recipe_flags", "recipe_for"]
+__all__ = ["PRESETS", "RECIPES", "Recipe", "RecipeFlag", "recipe_flags", "recipe_for"]
 
 
 def _field(default: Any, help: str) -> Any:
@@ -39,14 +40,24 @@ class Recipe:
     mixup_switch_prob: float = _field(0.5, "probability of cutmix when both are on")
     label_smoothing: float = _field(0.1, "label smoothing")
     epochs: int = _field(300, "training epochs")
-    warmup_epochs: int = _field(20, "linear warm-up epochs")
+    warmup_epochs: float = _field(20.0, "linear warm-up epochs (fractions too with --schedule step); 0: none")
     warmup_lr: float = _field(1e-6, "learning rate at the start of the warm-up")
     min_lr: float = _field(1e-5, "learning rate at the end of the cosine decay")
+    schedule: str = _field(
+        "step", "step: warm-up and cosine per optimizer step; epoch: per epoch, as the official code"
+    )
     image_size: int = _field(224, "final training and evaluation size")
     early_image_size: int = _field(192, "progressive resolution: the size before the last late_epochs")
     late_epochs: int = _field(20, "epochs at the final image size")
+    crop: str = _field("resized", "training crop: resized (random-resized crop) or pad (resize, pad, random crop)")
     crop_scale: float = _field(0.08, "smallest random-resized-crop area")
+    crop_padding: int = _field(4, "pixels of padding around the image for --crop pad")
+    hflip: float = _field(0.5, "probability of a horizontal flip")
+    random_erasing: float = _field(0.0, "probability of erasing a random box per image (timm's pixel mode)")
     crop_pct: float = _field(0.9, "evaluation: resize to image_size / crop_pct, center crop")
+    ema: float = _field(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: none")
+    freeze_stages: int = _field(0, "fine-tuning: the stem and this many first stages are not trained")
+    head_lr_scale: float = _field(1.0, "fine-tuning: learning-rate multiplier of the head (conv_head, classifier)")
 
     @property
     def peak_lr(self) -> float:
@@ -87,14 +98,37 @@ RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
 assert set(RECIPES) == set(list_models())
 
 
-def recipe_for(model: str, **changes: Any) -> Recipe:
+# Fine-tuning a pretrained model on a small set for a few epochs: a short warm-up, a lower
+# learning rate, no mixup/cutmix and no progressive resolution; label smoothing and drop path kept.
+_FINETUNE = dict(
+    epochs=10,
+    batch_size=64,
+    base_lr=0.008,  # 5e-4 at batch 64
+    warmup_epochs=1.0,
+    mixup=0.0,
+    cutmix=0.0,
+    randaugment=None,
+    early_image_size=224,
+    crop_scale=0.25,
+    weight_decay=0.05,
+)
+PRESETS = ("imagenet", "finetune")
+
+
+def recipe_for(model: str, preset: str = "imagenet", **changes: Any) -> Recipe:
     """The recipe of ``model`` with ``changes`` applied (``None`` values: keep the recipe's).
 
+    ``preset`` is "imagenet" (the paper's recipe of the variant) or "finetune" (the same with a
+    short warm-up, a lower learning rate, no mixup/cutmix, 10 epochs at batch 64).
     ``randaugment="none"`` and ``clip_grad=0`` switch those off. Changing ``image_size`` without
     ``early_image_size`` trains at that size throughout (progressive resolution is the recipe's
     192 -> 224 only).
     """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown recipe preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = RECIPES[get_variant(model).name]
+    if preset == "finetune":
+        base = dataclasses.replace(base, **_FINETUNE)
     given = {k: v for k, v in changes.items() if v is not None}
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(Recipe)})
     if unknown:
@@ -115,7 +149,18 @@ def _validate(recipe: Recipe) -> None:
         (recipe.batch_size >= 1, "batch_size must be >= 1"),
         (recipe.epochs >= 1, "epochs must be >= 1"),
         (recipe.peak_lr > 0, "the learning rate must be > 0"),
-        (recipe.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        (0 <= recipe.warmup_epochs <= recipe.epochs, "warmup_epochs must be in [0, epochs]"),
+        (recipe.schedule in ("step", "epoch"), "schedule must be step or epoch"),
+        (
+            recipe.schedule == "step" or recipe.warmup_epochs == int(recipe.warmup_epochs),
+            "schedule epoch needs whole warm-up epochs",
+        ),
+        (recipe.crop in ("resized", "pad"), "crop must be resized or pad"),
+        (recipe.crop_padding >= 0, "crop_padding must be >= 0"),
+        (0 <= recipe.hflip <= 1 and 0 <= recipe.random_erasing <= 1, "hflip and random_erasing are probabilities"),
+        (0 <= recipe.ema < 1, "ema is a decay in [0, 1)"),
+        (0 <= recipe.freeze_stages <= 4, "freeze_stages must be in 0..4"),
+        (recipe.head_lr_scale > 0, "head_lr_scale must be > 0"),
         (0 <= recipe.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 <= recipe.drop_path_rate < 1, "drop_path_rate must be in [0, 1)"),
         (recipe.mixup >= 0 and recipe.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),

@@ -8,20 +8,24 @@ Distributed data parallel (gloo on CPUs, nccl on GPUs)::
 
     torchrun --nproc_per_node=8 -m fasternet train --model fasternet_t0 --data ROOT --output runs/t0
 
+Fine-tuning a pretrained model on other classes::
+
+    fasternet train --pretrained fasternet_t0 --recipe finetune --data ROOT --output runs/ft
+
 ``--batch-size`` is the global batch, split over the processes; the learning rate follows the
 paper's rule ``lr = 0.001 * batch / 1024`` unless ``--lr`` is given. After every epoch the
 output folder holds ``last.pt`` (everything needed to resume), ``best.safetensors`` (the
 weights with the best validation top-1, with configuration, class names and evaluation
-transform) and ``log.jsonl``. Each file is written atomically: a kill at any moment leaves the
-previous good files. ``--resume`` continues after the last completed epoch, with the same
-result as an uninterrupted run (every random choice derives from ``(seed, epoch)``).
+transform), ``best_ema.safetensors`` (the same for the weight average, with ``--ema``) and
+``log.jsonl``. Each file is written atomically: a kill at any moment leaves the previous good
+files. ``--resume`` continues after the last completed epoch, with the same result as an
+uninterrupted run (every random choice derives from ``(seed, epoch)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -32,15 +36,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fasternet._utils import cpu_has_bf16
-from fasternet.builder import create_model
+from fasternet.builder import create_model, identify_variant_of
 from fasternet.io.checkpoints import save_checkpoint
 from fasternet.io.images import ImageFolder, collate_skipping_failures, image_loader, log_unreadable
 from fasternet.models import EvalTransform, FasterNet
 from fasternet.training.augment import BatchAugment, Mixup, RandAugmentSpec, SampleParams
-from fasternet.training.data import EpochSampler, ShardSampler, TrainCrop, TrainingImages
+from fasternet.training.data import EpochSampler, PadCrop, ShardSampler, TrainCrop, TrainingImages
 from fasternet.training.distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm, init_distributed
+from fasternet.training.ema import ModelEma
 from fasternet.training.engine import EvalResult, evaluate, train_one_epoch
 from fasternet.training.recipes import Recipe, recipe_for
+from fasternet.training.schedule import LrSchedule
 from fasternet.training.state import load_resume_state, rng_state, save_run_state, seed_epoch, write_log
 
 __all__ = ["TrainConfig", "image_size_at_epoch", "lr_at_epoch", "run_training", "train"]
@@ -58,8 +64,9 @@ class TrainConfig:
     recipe: Recipe
     amp: str = "auto"  # autocast: auto (fp16 on GPUs, bf16 on CPUs that have it), bf16, fp16, off
     workers: int | None = None  # data loading processes per training process
-    pretrained: str | None = None  # initialize from a checkpoint (any layout)
+    pretrained: str | None = None  # initialize from a variant's release (its name) or a checkpoint (any layout)
     num_classes: int | None = None  # checked against the class folders
+    max_nonfinite: int = 20  # batches in a row with a non-finite loss before the run stops
     resume: bool = False
     seed: int = 0
     sync_bn: bool = False
@@ -79,13 +86,10 @@ class TrainConfig:
 
 
 def lr_at_epoch(epoch: int, recipe: Recipe) -> float:
-    """Linear warm-up from ``warmup_lr``, then cosine to ``min_lr``; stepped per epoch."""
-    peak = recipe.peak_lr
-    if epoch < recipe.warmup_epochs:
-        return recipe.warmup_lr + (peak - recipe.warmup_lr) * epoch / recipe.warmup_epochs
-    span = max(1, recipe.epochs - recipe.warmup_epochs)
-    progress = min(1.0, (epoch - recipe.warmup_epochs) / span)
-    return recipe.min_lr + 0.5 * (peak - recipe.min_lr) * (1 + math.cos(math.pi * progress))
+    """The learning rate of epoch ``epoch`` under the official per-epoch schedule (``schedule="epoch"``)."""
+    return LrSchedule(
+        recipe.peak_lr, recipe.warmup_lr, recipe.min_lr, recipe.warmup_epochs, recipe.epochs, mode="epoch"
+    )(epoch)
 
 
 def image_size_at_epoch(epoch: int, recipe: Recipe) -> int:
@@ -107,11 +111,12 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def train(
-    model: str,
+    model: str | None,
     data: str | os.PathLike,
     output: str | os.PathLike,
     *,
     recipe: Recipe | None = None,
+    preset: str = "imagenet",
     amp: str = "auto",
     workers: int | None = None,
     pretrained: str | None = None,
@@ -126,17 +131,21 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` (``train/`` and ``val/`` class folders) into ``output``.
 
-    The recipe is the variant's paper recipe with ``changes`` (any :class:`Recipe` field, e.g.
-    ``epochs=10, lr=2e-3``) applied by :func:`fasternet.training.recipes.recipe_for`, or the
-    ``recipe`` given. Returns the last epoch's log record.
+    The recipe is the variant's ``preset`` ("imagenet": the paper's; "finetune") with
+    ``changes`` (any :class:`Recipe` field, e.g. ``epochs=10, lr=2e-3``) applied by
+    :func:`fasternet.recipe_for`, or the ``recipe`` given. ``pretrained`` (a variant name for
+    its release, or a checkpoint, e.g. another run's ``best.safetensors``) initializes the
+    weights; ``model`` may then be None (the checkpoint's variant). Returns the last epoch's
+    log record.
     """
     if recipe is not None and changes:
         raise TypeError("pass either recipe= or recipe changes, not both")
+    model = resolve_model_name(model, pretrained)
     config = TrainConfig(
         model=model,
         data=os.fspath(data),
         output=os.fspath(output),
-        recipe=recipe or recipe_for(model, **changes),
+        recipe=recipe or recipe_for(model, preset, **changes),
         amp=amp,
         workers=workers,
         pretrained=pretrained,
@@ -149,6 +158,18 @@ def train(
         progress=progress,
     )
     return run_training(config)
+
+
+def resolve_model_name(model: str | None, pretrained: str | None) -> str:
+    """The variant whose recipe a run uses: ``model``, or the one ``pretrained`` holds."""
+    if model is not None:
+        return model
+    if pretrained is None:
+        raise ValueError("name the model (--model NAME), or start from --pretrained NAME_OR_CHECKPOINT")
+    variant = identify_variant_of(pretrained)
+    if variant is None:
+        raise ValueError(f"{pretrained} is not one of the registered variants: name its recipe with --model NAME")
+    return variant
 
 
 def run_training(config: TrainConfig) -> dict[str, Any]:
@@ -171,6 +192,7 @@ class _Run:
     model: FasterNet
     ddp_model: nn.Module
     optimizer: torch.optim.Optimizer
+    schedule: LrSchedule
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     autocast_dtype: torch.dtype | None
@@ -180,8 +202,10 @@ class _Run:
     val_loader: torch.utils.data.DataLoader
     classes: list[str]
     eval_transform: EvalTransform
+    ema: ModelEma | None = None
     start_epoch: int = 0
     best_top1: float = -1.0
+    best_ema_top1: float = -1.0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     reported: set[str] = dataclasses.field(default_factory=set)  # unreadable files already named
 
@@ -211,10 +235,11 @@ def _set_up(config: TrainConfig, info: DistInfo) -> _Run:
     train_dir, val_dir = _folders(Path(config.data))
     randaugment = RandAugmentSpec.parse(recipe.randaugment) if recipe.randaugment else None
     eval_transform = EvalTransform(recipe.image_size, recipe.crop_pct)
+    crop = TrainCrop(scale=(recipe.crop_scale, 1.0)) if recipe.crop == "resized" else PadCrop(recipe.crop_padding)
     train_set = TrainingImages(
         ImageFolder(train_dir),
-        crop=TrainCrop(scale=(recipe.crop_scale, 1.0)),
-        augment_params=SampleParams(randaugment),
+        crop=crop,
+        augment_params=SampleParams(randaugment, hflip=recipe.hflip, random_erasing=recipe.random_erasing),
         seed=config.seed,
     )
     val_set = ImageFolder(val_dir, transform=eval_transform)
@@ -227,21 +252,19 @@ def _set_up(config: TrainConfig, info: DistInfo) -> _Run:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {recipe.batch_size}")
 
     torch.manual_seed(config.seed)
+    pretrained = True if config.pretrained == config.model else config.pretrained or False
     model = create_model(
-        config.model,
-        num_classes=num_classes,
-        drop_path_rate=recipe.drop_path_rate,
-        pretrained=config.pretrained or False,
+        config.model, num_classes=num_classes, drop_path_rate=recipe.drop_path_rate, pretrained=pretrained
     )
     model.class_names = train_set.classes
+    model.freeze_stages(recipe.freeze_stages)
     if config.sync_bn and info.enabled:
         model = convert_sync_batchnorm(model, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device).to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.peak_lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay
+        _parameter_groups(model, recipe), lr=recipe.peak_lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_at_epoch(epoch, recipe) / recipe.peak_lr)
     dtype = autocast_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ddp_model: nn.Module = model
@@ -250,9 +273,13 @@ def _set_up(config: TrainConfig, info: DistInfo) -> _Run:
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     mixup = Mixup(recipe.mixup, recipe.cutmix, recipe.mixup_switch_prob, recipe.label_smoothing, num_classes)
-    augment = BatchAugment(mean=eval_transform.mean, std=eval_transform.std, randaugment=randaugment, mixup=mixup).to(
-        device
-    )
+    augment = BatchAugment(
+        mean=eval_transform.mean,
+        std=eval_transform.std,
+        randaugment=randaugment,
+        mixup=mixup,
+        random_erasing=recipe.random_erasing > 0,
+    ).to(device)
     workers = config.workers if config.workers is not None else min(8, os.cpu_count() or 1)
     sampler = EpochSampler(
         len(train_set), rank=info.rank, world_size=info.world_size, seed=config.seed, global_batch=recipe.batch_size
@@ -267,14 +294,63 @@ def _set_up(config: TrainConfig, info: DistInfo) -> _Run:
         persistent_workers=False,
         drop_last=False,
     )
+    schedule = LrSchedule(
+        recipe.peak_lr,
+        recipe.warmup_lr,
+        recipe.min_lr,
+        recipe.warmup_epochs,
+        recipe.epochs,
+        steps_per_epoch=len(loader),
+        mode=recipe.schedule,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda index: schedule(index) / recipe.peak_lr)
     val_sampler = ShardSampler(len(val_set), rank=info.rank, world_size=info.world_size)
     val_loader = image_loader(val_set, batch_size=max(1, local_batch), workers=workers, sampler=val_sampler)
+    ema = ModelEma(model, recipe.ema) if recipe.ema > 0 else None
     run = _Run(
-        config, info, model, ddp_model, optimizer, scheduler, scaler, dtype, augment, sampler, loader, val_loader,
-        train_set.classes, eval_transform,
+        config, info, model, ddp_model, optimizer, schedule, scheduler, scaler, dtype, augment, sampler, loader,
+        val_loader, train_set.classes, eval_transform, ema,
     )  # fmt: skip
     _resume(run)
+    if info.is_main:
+        logger.info("%s", _start_line(run, len(train_set), local_batch))
     return run
+
+
+def _parameter_groups(model: FasterNet, recipe: Recipe) -> list[dict[str, Any]]:
+    """The trainable parameters; the head's (conv_head, classifier) at ``head_lr_scale`` x the rate."""
+    head = {id(p) for m in (getattr(model, "conv_head", None), getattr(model, "classifier", None)) if m is not None
+            for p in m.parameters()}  # fmt: skip
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if recipe.head_lr_scale == 1.0:
+        return [{"params": trainable}]
+    return [
+        {"params": [p for p in trainable if id(p) not in head]},
+        {"params": [p for p in trainable if id(p) in head], "lr": recipe.peak_lr * recipe.head_lr_scale},
+    ]
+
+
+def _start_line(run: _Run, images: int, local_batch: int) -> str:
+    """What the run is about to do, in one line: batch, learning rate and how it was set, schedule, AMP, sizes."""
+    recipe, info = run.config.recipe, run.info
+    sizes = (
+        f"image size {recipe.early_image_size}, {recipe.image_size} for the last {recipe.late_epochs} epochs"
+        if recipe.early_image_size != recipe.image_size and recipe.epochs > recipe.late_epochs
+        else f"image size {recipe.image_size}"
+    )
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[run.autocast_dtype]
+    extras = [f"EMA {recipe.ema:g}"] if recipe.ema else []
+    if recipe.freeze_stages:
+        extras.append(f"stem and {recipe.freeze_stages} stages frozen")
+    if recipe.head_lr_scale != 1.0:
+        extras.append(f"head lr x{recipe.head_lr_scale:g}")
+    start = f", resuming after epoch {run.start_epoch}" if run.start_epoch else ""
+    return (
+        f"training {run.config.model} on {images} images ({len(run.classes)} classes) for {recipe.epochs} epochs"
+        f"{start}: global batch {recipe.batch_size} = {local_batch} per process x {info.world_size} "
+        f"process{'es' if info.world_size > 1 else ''}, peak lr {recipe.peak_lr:g} ({recipe.lr_rule}), "
+        f"{run.schedule.describe()}, amp {amp}, {sizes}{''.join(', ' + e for e in extras)}"
+    )
 
 
 def _resume(run: _Run) -> None:
@@ -286,8 +362,11 @@ def _resume(run: _Run) -> None:
             logger.info("--resume: no %s yet, starting from scratch", last_path)
         return
     stateful = {"model": run.model, "optimizer": run.optimizer, "scheduler": run.scheduler, "scaler": run.scaler}
+    if run.ema is not None:
+        stateful["ema"] = run.ema
     state, run.history = load_resume_state(last_path, run.output / "log.jsonl", run.config.identity(), stateful)
     run.start_epoch, run.best_top1 = state["epoch"], state["best_top1"]
+    run.best_ema_top1 = state.get("best_ema_top1", -1.0)
     if run.info.is_main:
         logger.info("resuming %s after epoch %d", run.output, run.start_epoch)
 
@@ -318,22 +397,20 @@ def _fit(run: _Run) -> dict[str, Any]:
                 scaler=run.scaler,
                 autocast_dtype=run.autocast_dtype,
                 clip_grad=recipe.clip_grad,
+                scheduler=run.scheduler if recipe.schedule == "step" else None,
+                ema=run.ema,
                 memory_format=memory_format,
-                world_size=info.world_size,
+                dist_info=info,
+                max_nonfinite=config.max_nonfinite,
                 progress=bar,
             )
-        run.scheduler.step()
-        loss_sum, seen, skipped, wait = all_reduce_sum(
-            [stats.loss_sum, stats.images, len(stats.unreadable), stats.data_wait], info
+        if recipe.schedule == "epoch":
+            run.scheduler.step()
+        loss_sum, seen, skipped, wait, nonfinite = all_reduce_sum(
+            [stats.loss_sum, stats.images, len(stats.unreadable), stats.data_wait, stats.nonfinite_steps], info
         )
-        result = evaluate(
-            run.model,
-            run.val_loader,
-            device=info.device,
-            autocast_dtype=run.autocast_dtype,
-            dist_info=info,
-            progress=info.is_main and config.progress,
-        )
+        result = _evaluate(run, run.model)
+        ema_result = _evaluate(run, run.ema.module) if run.ema is not None else None
         log_unreadable(stats.unreadable + result.unreadable, run.reported)
         record = {
             "epoch": epoch,
@@ -346,21 +423,45 @@ def _fit(run: _Run) -> dict[str, Any]:
             "image_size": size,
             "data_wait_share": wait / info.world_size / stats.seconds,
             "skipped_images": int(skipped + result.skipped),
+            "nonfinite_steps": int(nonfinite),
         }
+        if ema_result is not None:
+            record.update(val_top1_ema=ema_result.top1, val_top5_ema=ema_result.top5)
         run.history.append(record)
-        _checkpoint(run, epoch, result)
+        _checkpoint(run, epoch, result, ema_result)
     return record
 
 
-def _checkpoint(run: _Run, epoch: int, result: EvalResult) -> None:
+def _evaluate(run: _Run, model: nn.Module) -> EvalResult:
+    return evaluate(
+        model,
+        run.val_loader,
+        device=run.info.device,
+        autocast_dtype=run.autocast_dtype,
+        dist_info=run.info,
+        progress=run.info.is_main and run.config.progress,
+    )
+
+
+def _save_if_better(run: _Run, model: nn.Module, epoch: int, top1: float, best: float, name: str) -> float:
+    """Write ``name`` when ``top1`` beats ``best``; returns the new best."""
+    if top1 <= best:
+        return best
+    if run.info.is_main:
+        meta = {"epoch": str(epoch), "val_top1": f"{top1:.4f}", **run.eval_transform.to_metadata()}
+        save_checkpoint(model, run.output / name, class_names=run.classes, metadata=meta)
+    return top1
+
+
+def _checkpoint(run: _Run, epoch: int, result: EvalResult, ema_result: EvalResult | None) -> None:
     """After each epoch (rank 0 writes): best weights when top-1 improved, the resume state, the log."""
+    run.best_top1 = _save_if_better(run, run.model, epoch, result.top1, run.best_top1, "best.safetensors")
+    if ema_result is not None:
+        run.best_ema_top1 = _save_if_better(
+            run, run.ema.module, epoch, ema_result.top1, run.best_ema_top1, "best_ema.safetensors"
+        )
     if not run.info.is_main:
-        run.best_top1 = max(run.best_top1, result.top1)
         return
-    if result.top1 > run.best_top1:
-        run.best_top1 = result.top1
-        meta = {"epoch": str(epoch), "val_top1": f"{result.top1:.4f}", **run.eval_transform.to_metadata()}
-        save_checkpoint(run.model, run.output / "best.safetensors", class_names=run.classes, metadata=meta)
     state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -368,21 +469,28 @@ def _checkpoint(run: _Run, epoch: int, result: EvalResult) -> None:
         "scaler": run.scaler.state_dict(),
         "epoch": epoch + 1,
         "best_top1": run.best_top1,
+        "best_ema_top1": run.best_ema_top1,
         "settings": run.config.identity(),
         "classes": run.classes,
         "rng": rng_state(),
     }
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
     save_run_state(state, run.output / "last.pt")
     write_log(run.history, run.output / "log.jsonl")
     record = run.history[-1]
+    ema = f"  EMA top-1 {ema_result.top1:.2f}" if ema_result is not None else ""
+    nonfinite = f"  {record['nonfinite_steps']} non-finite steps skipped" if record["nonfinite_steps"] else ""
     logger.info(
-        "epoch %d/%d  loss %.4f  val top-1 %.2f  top-5 %.2f  lr %.2e  %.0f img/s  %.0f s",
+        "epoch %d/%d  loss %.4f  val top-1 %.2f  top-5 %.2f%s  lr %.2e  %.0f img/s  %.0f s%s",
         epoch + 1,
         run.config.recipe.epochs,
         record["train_loss"],
         result.top1,
         result.top5,
+        ema,
         record["lr"],
         record["images_per_s"],
         record["seconds"],
+        nonfinite,
     )
