@@ -289,3 +289,28 @@ def test_ddp_with_two_processes(trees, tmp_path):
     assert process.returncode == 0, stderr[-3000:]
     record = json.loads((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()[0])
     assert record["epoch"] == 0 and record["bbox_ap"] is not None
+
+
+def test_detection_defaults_are_those_the_released_checkpoints_were_trained_with():
+    from fasternet.detection.training import DetectionTrainConfig
+
+    # The official values: lr of mask_rcnn_fasternet_{s,m,l}_fpn_1x_coco.py (AdamW), drop_path_rate of
+    # detection/backbones/fasternet.py; T0-T2 have no official detection config.
+    official = {"fasternet_s": (2e-4, 0.15), "fasternet_m": (1e-4, 0.2), "fasternet_l": (1e-4, 0.3)}
+    imagenet = {"fasternet_t0": 0.0, "fasternet_t1": 0.02, "fasternet_t2": 0.05}
+    for name, (lr, drop_path) in official.items():
+        config = DetectionTrainConfig(data="d", output="o", backbone=name)
+        assert (config.lr, config.drop_path_rate, config.freeze_bn) == (lr, drop_path, False), name
+    for name, drop_path in imagenet.items():
+        config = DetectionTrainConfig(data="d", output="o", backbone=name)
+        assert (config.lr, config.drop_path_rate) == (2e-4, drop_path), name
+    assert DetectionTrainConfig(data="d", output="o", lr=5e-5).lr == 5e-5  # a given value wins
+
+
+def test_backbone_bn_statistics_update_unless_frozen():
+    updating = create_detector("fasterrcnn", backbone=TINY, num_classes=2, backbone_drop_path_rate=0.15).train()
+    assert updating.backbone.body.config["drop_path_rate"] == 0.15
+    norms = [m for m in updating.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training for m in norms)
+    frozen = create_detector("fasterrcnn", backbone=TINY, num_classes=2, norm_eval=True).train()
+    assert all(not m.training for m in frozen.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d))

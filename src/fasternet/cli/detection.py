@@ -97,12 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--data", required=True, help="folder with train.json, val.json and the images")
     d.add_argument("--output", required=True, help="run folder: last.pt, best.safetensors, log.jsonl")
     d.add_argument("--arch", choices=["maskrcnn", "fasterrcnn", "retinanet", "fcos"], default="maskrcnn")
-    d.add_argument("--backbone", default="fasternet_s", help="FasterNet variant")
+    d.add_argument("--backbone", default="fasternet_s", help="FasterNet variant, or resnet50 (the baseline)")
     d.add_argument("--pretrained-backbone", help="backbone checkpoint (any layout)")
     d.add_argument("--trainable-stages", type=int, default=4, help="backbone stages trained (0-4)")
     d.add_argument("--epochs", type=int, default=12)
     d.add_argument("--batch-size", type=int, default=2, help="images per process")
-    d.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
+    d.add_argument("--lr", type=float, help="AdamW learning rate (default: 2e-4 for T0-S, 1e-4 for M and L: official)")
     d.add_argument("--weight-decay", type=float, default=1e-4)
     d.add_argument(
         "--lr-steps", type=positive_int_list, default=(8, 11), help="epochs after which the lr is divided by 10"
@@ -111,6 +111,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--min-size", type=int, default=800, help="short side the images are resized to")
     d.add_argument("--max-size", type=int, default=1333, help="longest side at most")
     d.add_argument("--clip-grad", type=float, help="gradient-norm clipping")
+    d.add_argument(
+        "--drop-path-rate", type=float, help="backbone stochastic depth (default: official S 0.15, M 0.2, L 0.3)"
+    )
+    d.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="keep the backbone's BN statistics fixed (the released models were trained with them updating)",
+    )
     d.add_argument("--workers", type=int, default=2, help="data loading processes")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--resume", action="store_true", help="continue after the last completed epoch")

@@ -253,7 +253,8 @@ def _backbone(
     stages: tuple[int, ...],
     extra: str,
     trainable_stages: int,
-    norm_eval: bool | None,
+    norm_eval: bool,
+    drop_path_rate: float | None,
 ) -> FasterNetFPN | ResNetFPN:
     if backbone == "resnet50":
         if pretrained_backbone:
@@ -262,9 +263,8 @@ def _backbone(
     if pretrained_backbone is True and not isinstance(backbone, str):
         raise ValueError("pretrained_backbone=True needs a variant name; pass a checkpoint path instead")
     config = {**backbone, "num_classes": 0} if isinstance(backbone, Mapping) else backbone
-    body = create_model(config, features_only=True, pretrained=pretrained_backbone or False)
-    if norm_eval is None:
-        norm_eval = bool(pretrained_backbone)
+    overrides = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+    body = create_model(config, features_only=True, pretrained=pretrained_backbone or False, **overrides)
     return FasterNetFPN(body, stages=stages, extra=extra, trainable_stages=trainable_stages, norm_eval=norm_eval)
 
 
@@ -278,7 +278,8 @@ def create_detector(
     min_size: int = 800,
     max_size: int = 1333,
     trainable_stages: int = 4,
-    norm_eval: bool | None = None,
+    norm_eval: bool = False,
+    backbone_drop_path_rate: float | None = None,
     **torchvision_kwargs: Any,
 ) -> nn.Module:
     """A FasterNet detector on torchvision's detection models.
@@ -289,8 +290,10 @@ def create_detector(
     variant name or a FasterNet configuration dict; ``pretrained_backbone`` is True (the
     variant's ImageNet release) or a checkpoint in any layout :func:`fasternet.load_checkpoint`
     reads. ``trainable_stages`` (0-4) freezes the stem and the first stages; ``norm_eval`` keeps
-    the backbone's BN statistics fixed while training (default: when the backbone is
-    pretrained). Other keywords go to torchvision's constructor (e.g. ``box_detections_per_img``).
+    the backbone's BN statistics fixed while training (default False: the released detectors were
+    trained with them updating, the official ``norm_eval=True`` being swallowed by the backbone's
+    ``**kwargs``); ``backbone_drop_path_rate`` replaces the variant's drop path rate. Other
+    keywords go to torchvision's constructor (e.g. ``box_detections_per_img``).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -309,7 +312,9 @@ def create_detector(
         raise ValueError(f"num_classes counts object classes and must be >= 1, got {num_classes}")
     common = dict(min_size=min_size, max_size=max_size, **torchvision_kwargs)
     if arch in ("maskrcnn", "fasterrcnn"):
-        body = _backbone(backbone, pretrained_backbone, (0, 1, 2, 3), "maxpool", trainable_stages, norm_eval)
+        body = _backbone(
+            backbone, pretrained_backbone, (0, 1, 2, 3), "maxpool", trainable_stages, norm_eval, backbone_drop_path_rate
+        )
         names = ["0", "1", "2", "3"]
         cls = MaskRCNN if arch == "maskrcnn" else FasterRCNN
         extra = {"mask_roi_pool": MMDetRoIAlign(names, 14)} if arch == "maskrcnn" else {}
@@ -322,7 +327,9 @@ def create_detector(
             **common,
         )
     else:
-        body = _backbone(backbone, pretrained_backbone, (1, 2, 3), "p6p7", trainable_stages, norm_eval)
+        body = _backbone(
+            backbone, pretrained_backbone, (1, 2, 3), "p6p7", trainable_stages, norm_eval, backbone_drop_path_rate
+        )
         if arch == "retinanet":
             sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (32, 64, 128, 256, 512))
             anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))

@@ -4,9 +4,11 @@
     torchrun --nproc_per_node=8 -m fasternet detect train ...
 
 DIR holds ``train.json`` and ``val.json`` (COCO) with image paths relative to DIR. Defaults are
-the official 1x schedule of the FasterNet Mask R-CNN config: AdamW (lr 2e-4, weight decay 1e-4),
-12 epochs, lr x0.1 after epochs 8 and 11, linear warm-up over 500 iterations from 0.001 of the
-lr, images resized to 800 (short side, at most 1333), horizontal flips, 2 images per process.
+the official 1x schedule of the FasterNet Mask R-CNN configs: AdamW (lr 2e-4 for T0-S, 1e-4 for
+M and L; weight decay 1e-4), 12 epochs, lr x0.1 after epochs 8 and 11, linear warm-up over 500
+iterations from 0.001 of the lr, images resized to 800 (short side, at most 1333), horizontal
+flips, 2 images per process, the official detection drop path rates (S 0.15, M 0.2, L 0.3), and
+the backbone's BN statistics updating as in the released models (``--freeze-bn`` fixes them).
 OUT gets ``last.pt`` (everything to resume), ``best.safetensors`` (best validation box AP, with
 the detector's configuration) and ``log.jsonl``, each written atomically, as in classification.
 """
@@ -33,9 +35,31 @@ from fasternet.training.data import EpochSampler, ShardSampler
 from fasternet.training.distributed import DistInfo, all_reduce_sum, init_distributed
 from fasternet.training.state import load_resume_state, rng_state, save_run_state, seed_epoch, write_log
 
-__all__ = ["DetectionTrainConfig", "evaluate_detector", "train_detector"]
+__all__ = ["DETECTION_DEFAULTS", "DetectionDefaults", "DetectionTrainConfig", "evaluate_detector", "train_detector"]
 
 logger = logging.getLogger("fasternet")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionDefaults:
+    """A backbone's detection training defaults: from the official configs where there is one."""
+
+    lr: float
+    drop_path_rate: float
+    source: str
+
+
+_OFFICIAL = "the official mmdet config and detection backbone"
+_NO_CONFIG = "no official detection config: lr as for S, the ImageNet drop path rate"
+DETECTION_DEFAULTS: dict[str, DetectionDefaults] = {
+    "fasternet_t0": DetectionDefaults(2e-4, 0.0, _NO_CONFIG),
+    "fasternet_t1": DetectionDefaults(2e-4, 0.02, _NO_CONFIG),
+    "fasternet_t2": DetectionDefaults(2e-4, 0.05, _NO_CONFIG),
+    "fasternet_s": DetectionDefaults(2e-4, 0.15, _OFFICIAL),
+    "fasternet_m": DetectionDefaults(1e-4, 0.2, _OFFICIAL),
+    "fasternet_l": DetectionDefaults(1e-4, 0.3, _OFFICIAL),
+    "resnet50": DetectionDefaults(2e-4, 0.0, "the FasterNet S setting, for comparison"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +72,7 @@ class DetectionTrainConfig:
     backbone: str = "fasternet_s"
     epochs: int = 12
     batch_size: int = 2  # per process
-    lr: float = 2e-4
+    lr: float | None = None  # default: DETECTION_DEFAULTS[backbone]
     weight_decay: float = 1e-4
     lr_steps: tuple[int, ...] = (8, 11)
     warmup_iters: int = 500
@@ -58,12 +82,23 @@ class DetectionTrainConfig:
     hflip: float = 0.5
     pretrained_backbone: str | None = None
     trainable_stages: int = 4
+    drop_path_rate: float | None = None  # default: DETECTION_DEFAULTS[backbone]
+    freeze_bn: bool = False  # keep the backbone's BN statistics fixed (the released models did not)
     clip_grad: float | None = None
     workers: int = 2
     seed: int = 0
     resume: bool = False
     device: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone not in DETECTION_DEFAULTS:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(DETECTION_DEFAULTS)}")
+        defaults = DETECTION_DEFAULTS[self.backbone]
+        if self.lr is None:
+            object.__setattr__(self, "lr", defaults.lr)
+        if self.drop_path_rate is None:
+            object.__setattr__(self, "drop_path_rate", defaults.drop_path_rate)
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the interrupted one (stored in ``last.pt``)."""
@@ -186,6 +221,8 @@ def _train(config: DetectionTrainConfig, info: DistInfo) -> dict[str, Any]:
         min_size=config.min_size,
         max_size=config.max_size,
         trainable_stages=config.trainable_stages,
+        norm_eval=config.freeze_bn,
+        backbone_drop_path_rate=None if config.backbone == "resnet50" else config.drop_path_rate,
     ).to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
