@@ -16,7 +16,9 @@ from safetensors.torch import load_file
 
 import fasternet
 from conftest import SHARED
-from fasternet.io.images import load_image
+from fasternet.io.images import ImageFolder, load_image
+from fasternet.training.data import typical_image_side
+from fasternet.training.recipes import resolve_crops
 from fasternet.training.run import lr_at_epoch
 from imagetools import make_dataset, make_folder, write_awkward_images
 
@@ -87,7 +89,19 @@ def test_recipes_match_the_paper(paper):
         assert recipe.label_smoothing == common["label_smoothing"]
         assert (recipe.cutmix, recipe.mixup_switch_prob) == (common["cutmix_alpha"], common["mixup_switch_prob"])
         assert (recipe.early_image_size, recipe.image_size, recipe.late_epochs) == (192, 224, 20)
-        assert recipe.crop_pct == pytest.approx(224 / 248, abs=0.01)
+        imagenet = resolve_crops(recipe, image_side=375)  # ImageNet's photos: about 500 x 375
+        assert imagenet.crop_pct == pytest.approx(224 / 248, abs=0.01) and imagenet.crop_scale == 0.08
+
+
+def test_automatic_crops_show_small_images_whole(tmp_path):
+    recipe = fasternet.recipe_for("fasternet_t0", image_size=32)
+    assert (recipe.crop_scale, recipe.crop_pct) == (None, None)  # decided by the data
+    small = resolve_crops(recipe, image_side=28)
+    assert (small.crop_scale, small.crop_pct) == (1.0, 1.0)
+    given = resolve_crops(fasternet.recipe_for("fasternet_t0", image_size=32, crop_scale=0.5), image_side=28)
+    assert (given.crop_scale, given.crop_pct) == (0.5, 1.0)  # a given value wins
+    folder = make_folder(tmp_path, classes=2, per_class=5, size=(40, 36))
+    assert typical_image_side(ImageFolder(folder)) == 36
 
 
 def test_resolved_recipe_and_lr_schedule():

@@ -27,7 +27,7 @@ from fasternet.io.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
-from fasternet.layers import PartialConv
+from fasternet.layers import C2fFaster, ConvNormAct, FasterBlock, PartialConv
 from fasternet.models import (
     EvalTransform,
     FasterNet,
@@ -45,6 +45,9 @@ from fasternet.training.run import train
 
 __all__ = [
     "RECIPES",
+    "C2fFaster",
+    "ConvNormAct",
+    "FasterBlock",
     "Checkpoint",
     "CheckpointError",
     "EvalResult",

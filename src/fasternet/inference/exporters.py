@@ -1,4 +1,5 @@
-"""Export a deployed FasterNet to ONNX, OpenVINO IR or a torch.export archive, verified.
+"""Export a deployed model (a FasterNet, or any model built with its layers) to ONNX, OpenVINO IR
+or a torch.export archive, verified.
 
 Every export is run by its own runtime (onnxruntime, OpenVINO, ``torch.export.load``) on a
 random batch before :func:`export` returns, and compared with PyTorch: a file that does not
@@ -16,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from fasternet._utils import relative_error, require
-from fasternet.inference.deployed import DeployedFasterNet, deploy
-from fasternet.models import FasterNet
+from fasternet.inference.deployed import deploy, is_deployed
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "export", "output_names"]
 
@@ -48,14 +49,20 @@ def _check(name: str, actual: Sequence[torch.Tensor], expected: Sequence[torch.T
             raise ExportError(f"{path}: {name} output {i} differs from PyTorch (relative error {error:.2e})")
 
 
-def output_names(model: DeployedFasterNet) -> list[str]:
-    return [f"features_{i}" for i in range(len(model.stages))] if model.features_only else ["logits"]
+def output_names(model: nn.Module, x: torch.Tensor | None = None) -> list[str]:
+    """``logits``, ``features_0..3`` for a FasterNet backbone, ``output_0..`` for another model's outputs."""
+    if hasattr(model, "stages") and hasattr(model, "features_only"):
+        return [f"features_{i}" for i in range(len(model.stages))] if model.features_only else ["logits"]
+    if x is None:
+        return ["output"]
+    count = len(_outputs(model, x))
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
-def _export_onnx(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
     require("onnx")
     require("onnxscript")
-    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     # The exporter and onnxscript's optimizer report every step (and torchvision ops a FasterNet
     # never uses) on the console and in logs: keep them quiet unless the export fails.
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
@@ -74,7 +81,7 @@ def _export_onnx(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic_
             logger.setLevel(level)
 
 
-def _torch_onnx_export(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic) -> None:
+def _torch_onnx_export(model: nn.Module, x: torch.Tensor, path: Path, dynamic) -> None:
     torch.onnx.export(
         model,
         (x,),
@@ -82,7 +89,7 @@ def _torch_onnx_export(model: DeployedFasterNet, x: torch.Tensor, path: Path, dy
         dynamo=True,
         external_data=False,
         input_names=["input"],
-        output_names=output_names(model),
+        output_names=output_names(model, x),
         dynamic_shapes=dynamic,
         optimize=True,
         verbose=False,
@@ -96,13 +103,13 @@ def _check_onnx(path: Path, x: torch.Tensor, expected: list[torch.Tensor]) -> No
     _check("onnxruntime", actual, expected, path)
 
 
-def _export_openvino(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+def _export_openvino(model: nn.Module, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
     ov = require("openvino")
     shape = [-1 if dynamic_batch else x.shape[0], *x.shape[1:]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = ov.convert_model(model, example_input=x, input=[ov.PartialShape(shape)])
-    for output, name in zip(converted.outputs, output_names(model), strict=True):
+    for output, name in zip(converted.outputs, output_names(model, x), strict=True):
         output.get_tensor().set_names({name})
     ov.save_model(converted, str(path), compress_to_fp16=False)
 
@@ -115,8 +122,8 @@ def _check_openvino(path: Path, x: torch.Tensor, expected: list[torch.Tensor]) -
     _check("OpenVINO", actual, expected, path)
 
 
-def _export_pt2(model: DeployedFasterNet, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
-    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+def _export_pt2(model: nn.Module, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
     torch.export.save(program, str(path))
 
@@ -134,14 +141,16 @@ _EXPORTERS = {
 
 
 def export(
-    model: FasterNet | DeployedFasterNet,
+    model: nn.Module,
     path: str | os.PathLike,
     *,
     format: str = "onnx",
     input_size: Sequence[int] = (1, 3, 224, 224),
     dynamic_batch: bool = True,
 ) -> Path:
-    """Export the deployed ``model`` to ``path`` and check it against PyTorch with its runtime.
+    """Export ``model``, deployed (:func:`fasternet.deploy`), to ``path``; check it against PyTorch in its runtime.
+
+    ``model`` is a FasterNet, any model built with ``fasternet.layers``, or their deployed form.
 
     ``format`` is "onnx" (one self-contained file, about the size of the fp32 weights),
     "openvino" (``.xml`` + ``.bin``, fp32) or "pt2" (``torch.export``). ``dynamic_batch`` lets
@@ -149,7 +158,7 @@ def export(
     """
     if format not in _EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    deployed = deploy(model).cpu() if isinstance(model, FasterNet) else model.cpu()
+    deployed = (model if is_deployed(model) else deploy(model)).cpu()
     path = Path(path)
     if format == "openvino" and path.suffix != ".xml":
         path = path.with_suffix(".xml")

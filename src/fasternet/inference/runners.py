@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from fasternet._utils import atomic_write, cache_dir, cpu_flags, cpu_has_bf16, cpu_name, require
 from fasternet.builder import create_model
-from fasternet.inference.deployed import DeployedFasterNet, deploy
+from fasternet.inference.deployed import DeployedFasterNet, deploy, is_deployed
 from fasternet.inference.exporters import export, output_names
 from fasternet.inference.kernels.block import choose_fused_stages, fuse_blocks
 from fasternet.inference.quantization import QuantizedModel, load_quantized, quantize
@@ -124,7 +125,7 @@ def _allow_recompiles(limit: int = 64) -> None:
 
 
 def _torch_call(
-    model: DeployedFasterNet, precision: str, device: torch.device, threads: int | None, compile_model: bool
+    model: nn.Module, precision: str, device: torch.device, threads: int | None, compile_model: bool
 ) -> Callable:
     dtype = TORCH_DTYPES[precision]
     model = copy.deepcopy(model).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
@@ -150,7 +151,7 @@ def _torch_call(
 
 
 def _onnxruntime_call(
-    model: DeployedFasterNet, precision: str, input_size: Sequence[int], threads: int | None, onnx_path: Path | None
+    model: nn.Module | None, precision: str, input_size: Sequence[int], threads: int | None, onnx_path: Path | None
 ) -> Callable:
     ort = require("onnxruntime")
     if precision == "bf16":
@@ -192,7 +193,7 @@ def openvino_cpu_config(precision: str, threads: int | None) -> dict[str, str]:
 
 
 def _openvino_call(
-    model: DeployedFasterNet | None,
+    model: nn.Module | None,
     precision: str,
     input_size: Sequence[int],
     threads: int | None,
@@ -206,8 +207,9 @@ def _openvino_call(
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            source = ov.convert_model(model, example_input=torch.zeros(tuple(input_size)))
-        for output, name in zip(source.outputs, output_names(model), strict=True):
+            example = torch.zeros(tuple(input_size))
+            source = ov.convert_model(model, example_input=example)
+        for output, name in zip(source.outputs, output_names(model, example), strict=True):
             output.get_tensor().set_names({name})
     compiled: dict[tuple[int, ...], Any] = {}
 
@@ -232,8 +234,16 @@ def _openvino_call(
     return call
 
 
+def _architecture(model: nn.Module) -> object:
+    """What identifies a model's architecture for the autotuning cache (the weights do not matter)."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        return config
+    return hashlib.sha1(repr(model).encode()).hexdigest()
+
+
 def _autotune_key(
-    model: FasterNet | DeployedFasterNet,
+    model: nn.Module,
     precision: str,
     input_size: Sequence[int],
     threads: int | None,
@@ -245,7 +255,7 @@ def _autotune_key(
             versions.append(f"{name} {__import__(name).__version__}")
     blob = json.dumps(
         [
-            model.config,
+            _architecture(model),
             getattr(model, "form", None),
             list(input_size),
             precision,
@@ -266,7 +276,7 @@ def _autotune_file() -> Path:
 
 def _build(
     backend: str,
-    deployed: DeployedFasterNet,
+    deployed: nn.Module,
     precision: str,
     input_size: tuple[int, ...],
     threads: int | None,
@@ -311,7 +321,7 @@ def _installed(backend: str) -> bool:
 
 
 def runner(
-    model: FasterNet | DeployedFasterNet | str | os.PathLike,
+    model: nn.Module | str | os.PathLike,
     *,
     backend: str = "auto",
     precision: str = "fp32",
@@ -321,15 +331,16 @@ def runner(
 ) -> Runner:
     """A callable that runs ``model`` on ``backend`` in ``precision`` (see the module docstring).
 
-    ``model`` is a FasterNet, a deployed one, a checkpoint, or an exported ``.onnx`` / OpenVINO
-    ``.xml`` file (run by its own runtime). fp32 runners match eager PyTorch to 1e-4 relative;
-    bf16 ones to about 2e-2 (bf16 keeps 8 bits of mantissa).
+    ``model`` is a FasterNet, any model built with ``fasternet.layers`` (deployed here), a
+    deployed one, a checkpoint, or an exported ``.onnx`` / OpenVINO ``.xml`` file (run by its own
+    runtime). fp32 runners match eager PyTorch to 1e-4 relative; bf16 ones to about 2e-2 (bf16
+    keeps 8 bits of mantissa). The fused Triton backends take FasterNets only.
     """
     device = torch.device(device)
     input_size = tuple(int(v) for v in input_size)
     _check_precision(precision, device)
     if precision == "int8" or isinstance(model, QuantizedModel):
-        if isinstance(model, (FasterNet, DeployedFasterNet)):
+        if isinstance(model, nn.Module):
             raise ValueError(
                 "INT8 needs calibration: q = fasternet.quantize(model, calibration_images); "
                 "fasternet.runner(q, precision='int8')"
@@ -346,21 +357,23 @@ def runner(
         return _runner_for_file(Path(model), backend, precision, input_size, threads, device)
     if isinstance(model, (str, os.PathLike)):
         model = create_model(model)
-    if not isinstance(model, (FasterNet, DeployedFasterNet)):
-        raise TypeError(f"runner() takes a FasterNet, a checkpoint or an exported file, not {type(model).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"runner() takes a model, a checkpoint or an exported file, not {type(model).__name__}")
+    if backend.startswith("triton") and not isinstance(model, (FasterNet, DeployedFasterNet)):
+        raise ValueError(f"backend {backend!r} fuses FasterNet's stages; run other models with backend='torch'")
     if backend == "auto":
         backend = _auto_backend(model, precision, input_size, threads, device)
     elif backend in BACKENDS and not _installed(backend):
         require(backend)
     deployed = _deployed_for(model, backend)
     call, metadata = _build(backend, deployed, precision, input_size, threads, device)
-    run = Runner(backend, precision, input_size, threads, device, call, deployed.features_only)
+    run = Runner(backend, precision, input_size, threads, device, call, getattr(deployed, "features_only", False))
     run.metadata = metadata  # triton: which stages run the fused kernel, and the timings that chose them
     return run
 
 
-def _deployed_for(model: FasterNet | DeployedFasterNet, backend: str) -> DeployedFasterNet:
-    if isinstance(model, DeployedFasterNet):
+def _deployed_for(model: nn.Module, backend: str) -> nn.Module:
+    if is_deployed(model):
         return model
     return deploy(model, form=PREFERRED_FORM.get(backend, "split"))
 
@@ -382,7 +395,7 @@ def _runner_for_file(
 
 
 def _auto_backend(
-    model: FasterNet | DeployedFasterNet,
+    model: nn.Module,
     precision: str,
     input_size: tuple[int, ...],
     threads: int | None,

@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import math
 import os
+import statistics
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "TrainCrop",
     "TrainingImages",
     "prepare_fashion_mnist",
+    "typical_image_side",
 ]
 
 
@@ -89,6 +91,19 @@ class PadCrop:
         padded = torch.nn.functional.pad(pixels, (self.padding,) * 4)
         top, left = (int(v) for v in rng.integers(0, 2 * self.padding + 1, size=2))
         return padded[:, top : top + size, left : left + size].contiguous()
+
+
+def typical_image_side(folder: ImageFolder, samples: int = 32) -> int | None:
+    """The median short side of images spread over the folder (file headers only: fast)."""
+    step = max(1, len(folder) // samples)
+    sides = []
+    for path, _ in folder.samples[::step][:samples]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except Exception:  # an unreadable file is reported when training reaches it
+            continue
+    return int(statistics.median(sides)) if sides else None
 
 
 class TrainingImages(torch.utils.data.Dataset):

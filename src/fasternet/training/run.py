@@ -41,11 +41,18 @@ from fasternet.io.checkpoints import save_checkpoint
 from fasternet.io.images import ImageFolder, collate_skipping_failures, image_loader, log_unreadable
 from fasternet.models import EvalTransform, FasterNet
 from fasternet.training.augment import BatchAugment, Mixup, RandAugmentSpec, SampleParams
-from fasternet.training.data import EpochSampler, PadCrop, ShardSampler, TrainCrop, TrainingImages
+from fasternet.training.data import (
+    EpochSampler,
+    PadCrop,
+    ShardSampler,
+    TrainCrop,
+    TrainingImages,
+    typical_image_side,
+)
 from fasternet.training.distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm, init_distributed
 from fasternet.training.ema import ModelEma
 from fasternet.training.engine import EvalResult, evaluate, train_one_epoch
-from fasternet.training.recipes import Recipe, recipe_for
+from fasternet.training.recipes import IMAGENET_CROP_SCALE, Recipe, recipe_for, resolve_crops
 from fasternet.training.schedule import LrSchedule
 from fasternet.training.state import load_resume_state, rng_state, save_run_state, seed_epoch, write_log
 
@@ -188,6 +195,8 @@ class _Run:
     """Everything the epoch loop touches, built once by :func:`_set_up`."""
 
     config: TrainConfig
+    recipe: Recipe  # the config's, with the automatic crops decided by the data
+    image_side: int | None  # the training images' typical short side
     info: DistInfo
     model: FasterNet
     ddp_model: nn.Module
@@ -223,21 +232,22 @@ def _folders(data: Path) -> tuple[Path, Path]:
 
 
 def _set_up(config: TrainConfig, info: DistInfo) -> _Run:
-    recipe = config.recipe
     output = Path(config.output)
     if info.is_main:
         output.mkdir(parents=True, exist_ok=True)
+    train_dir, val_dir = _folders(Path(config.data))
+    train_folder = ImageFolder(train_dir)
+    image_side = typical_image_side(train_folder)
+    recipe = resolve_crops(config.recipe, image_side)
     if recipe.batch_size % info.world_size:
         raise ValueError(f"--batch-size {recipe.batch_size} is not divisible by the {info.world_size} processes")
     local_batch = recipe.batch_size // info.world_size
     device = info.device
-
-    train_dir, val_dir = _folders(Path(config.data))
     randaugment = RandAugmentSpec.parse(recipe.randaugment) if recipe.randaugment else None
     eval_transform = EvalTransform(recipe.image_size, recipe.crop_pct)
     crop = TrainCrop(scale=(recipe.crop_scale, 1.0)) if recipe.crop == "resized" else PadCrop(recipe.crop_padding)
     train_set = TrainingImages(
-        ImageFolder(train_dir),
+        train_folder,
         crop=crop,
         augment_params=SampleParams(randaugment, hflip=recipe.hflip, random_erasing=recipe.random_erasing),
         seed=config.seed,
@@ -308,8 +318,8 @@ def _set_up(config: TrainConfig, info: DistInfo) -> _Run:
     val_loader = image_loader(val_set, batch_size=max(1, local_batch), workers=workers, sampler=val_sampler)
     ema = ModelEma(model, recipe.ema) if recipe.ema > 0 else None
     run = _Run(
-        config, info, model, ddp_model, optimizer, schedule, scheduler, scaler, dtype, augment, sampler, loader,
-        val_loader, train_set.classes, eval_transform, ema,
+        config, recipe, image_side, info, model, ddp_model, optimizer, schedule, scheduler, scaler, dtype, augment,
+        sampler, loader, val_loader, train_set.classes, eval_transform, ema,
     )  # fmt: skip
     _resume(run)
     if info.is_main:
@@ -332,14 +342,28 @@ def _parameter_groups(model: FasterNet, recipe: Recipe) -> list[dict[str, Any]]:
 
 def _start_line(run: _Run, images: int, local_batch: int) -> str:
     """What the run is about to do, in one line: batch, learning rate and how it was set, schedule, AMP, sizes."""
-    recipe, info = run.config.recipe, run.info
+    recipe, info = run.recipe, run.info
     sizes = (
         f"image size {recipe.early_image_size}, {recipe.image_size} for the last {recipe.late_epochs} epochs"
         if recipe.early_image_size != recipe.image_size and recipe.epochs > recipe.late_epochs
         else f"image size {recipe.image_size}"
     )
     amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[run.autocast_dtype]
-    extras = [f"EMA {recipe.ema:g}"] if recipe.ema else []
+    crop = (
+        f"pad-{recipe.crop_padding} crop"
+        if recipe.crop == "pad"
+        else "whole-image crop"
+        if recipe.crop_scale == 1.0
+        else f"random-resized crop {recipe.crop_scale:g}-1"
+    )
+    auto = run.config.recipe.crop_scale is None or run.config.recipe.crop_pct is None
+    why = ""
+    if auto and run.image_side is not None:
+        kind = "ImageNet's" if recipe.crop_scale == IMAGENET_CROP_SCALE else "small images"
+        why = f" ({kind}: the images' short side is {run.image_side} px)"
+    extras = [f"{crop}, eval crop {recipe.crop_pct:g}{why}"]
+    if recipe.ema:
+        extras.append(f"EMA {recipe.ema:g}")
     if recipe.freeze_stages:
         extras.append(f"stem and {recipe.freeze_stages} stages frozen")
     if recipe.head_lr_scale != 1.0:
@@ -372,7 +396,7 @@ def _resume(run: _Run) -> None:
 
 
 def _fit(run: _Run) -> dict[str, Any]:
-    config, recipe, info = run.config, run.config.recipe, run.info
+    config, recipe, info = run.config, run.recipe, run.info
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     record: dict[str, Any] = run.history[-1] if run.history else {}
     for epoch in range(run.start_epoch, recipe.epochs):
@@ -484,7 +508,7 @@ def _checkpoint(run: _Run, epoch: int, result: EvalResult, ema_result: EvalResul
     logger.info(
         "epoch %d/%d  loss %.4f  val top-1 %.2f  top-5 %.2f%s  lr %.2e  %.0f img/s  %.0f s%s",
         epoch + 1,
-        run.config.recipe.epochs,
+        run.recipe.epochs,
         record["train_loss"],
         result.top1,
         result.top5,

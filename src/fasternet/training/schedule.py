@@ -70,12 +70,11 @@ class LrSchedule:
 
     def describe(self) -> str:
         """One line for the run's start: mode, warm-up and decay."""
+        epochs = f"{self.warmup_epochs:g} epoch{'' if self.warmup_epochs == 1 else 's'}"
         if self.mode == "epoch":
-            warmup = (
-                f"warm-up {int(self.warmup_epochs)} epochs from {self.warmup_lr:g} (per epoch, as the official code)"
-            )
+            warmup = f"warm-up {epochs} from {self.warmup_lr:g} (per epoch, as the official code)"
         elif self.warmup_steps:
-            warmup = f"warm-up {self.warmup_epochs:g} epochs = {self.warmup_steps} steps from {self.warmup_lr:g}"
+            warmup = f"warm-up {epochs} = {self.warmup_steps} steps from {self.warmup_lr:g}"
         else:
             warmup = "no warm-up"
         return f"schedule {self.mode}: {warmup}, cosine to {self.min_lr:g} at epoch {self.epochs}"
