@@ -27,6 +27,7 @@ from fasternet.io.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
+from fasternet.io.hf import push_to_hub, save_pretrained
 from fasternet.layers import C2fFaster, ConvNormAct, FasterBlock, PartialConv
 from fasternet.models import (
     EvalTransform,
@@ -80,10 +81,12 @@ __all__ = [
     "predict",
     "prepare_fashion_mnist",
     "profile",
+    "push_to_hub",
     "quantize",
     "read_checkpoint",
     "recipe_for",
     "runner",
     "save_checkpoint",
+    "save_pretrained",
     "train",
 ]

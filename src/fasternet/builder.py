@@ -21,6 +21,7 @@ from fasternet.io.checkpoints import (
     load_checkpoint,
     read_checkpoint,
 )
+from fasternet.io.hf import HubModel, hf_download, is_hf_hub, is_pretrained_folder, read_pretrained
 from fasternet.io.hub import download, is_url
 from fasternet.layers import resolve_act_layer
 from fasternet.models import FasterNet, get_variant, get_weights, list_models, list_weights
@@ -51,9 +52,17 @@ def _is_state_dict(obj: Mapping) -> bool:
     )
 
 
+def _hub_model(source: str | os.PathLike) -> HubModel:
+    """A Hub-layout source: ``hf-hub:ORG/NAME[@REV]`` (downloaded or cached) or a local folder."""
+    folder = hf_download(source) if is_hf_hub(source) else Path(source)
+    return read_pretrained(folder, origin=os.fspath(source))
+
+
 def _read(source: str | os.PathLike | Mapping) -> Checkpoint:
     if isinstance(source, Mapping):
         return read_checkpoint(source)
+    if is_hf_hub(source) or is_pretrained_folder(source):
+        return read_checkpoint(_hub_model(source).weights)
     if is_url(source):
         return read_checkpoint(download(os.fspath(source)))
     return read_checkpoint(Path(source))
@@ -77,6 +86,9 @@ def create_model(
     * a checkpoint (path, http(s)/file URL, or a state dict) in any layout: the model it holds,
       with its weights (files written by :func:`fasternet.save_checkpoint` carry their
       configuration; for others the architecture is read off the shapes);
+    * ``"hf-hub:ORG/NAME[@REVISION]"`` or a folder in the Hub layout (``config.json`` +
+      ``model.safetensors``: timm's, e.g. ``hf-hub:timm/fasternet_t0.in1k``, or
+      :func:`fasternet.save_pretrained`'s), through huggingface_hub's cache (``HF_HUB_OFFLINE`` works);
     * a mapping of :class:`FasterNet` arguments (any configuration).
 
     ``num_classes`` defaults to the checkpoint's (1000 for ImageNet weights and a fresh variant);
@@ -88,7 +100,15 @@ def create_model(
     checkpoint: Checkpoint | None = None
     default_transform = None
     weights = None
-    if isinstance(source, Mapping) and not _is_state_dict(source):
+    hub_names: list[str] | None = None
+    if isinstance(source, (str, os.PathLike)) and (is_hf_hub(source) or is_pretrained_folder(source)):
+        if pretrained not in (False, None):
+            raise ValueError("create_model(<Hub model>) already loads its weights; drop pretrained=")
+        hub = _hub_model(source)
+        checkpoint = read_checkpoint(hub.weights)
+        config = dict(hub.config)
+        default_transform, hub_names = hub.transform, hub.class_names
+    elif isinstance(source, Mapping) and not _is_state_dict(source):
         config: dict[str, Any] = dict(source)
     elif is_model_name(source):
         weights = get_weights(source)
@@ -157,8 +177,9 @@ def create_model(
         )
         model.eval_transform = checkpoint.eval_transform(model.eval_transform)
         classifier_loaded = not any(k.startswith("classifier.") for k in report.left_initialized)
-        if checkpoint.class_names is not None and classifier_loaded and not model.features_only:
-            model.class_names = checkpoint.class_names
+        names = hub_names or checkpoint.class_names
+        if names is not None and classifier_loaded and not model.features_only:
+            model.class_names = list(names)
     return model
 
 
@@ -173,5 +194,7 @@ def identify_variant_of(source: str | os.PathLike) -> str | None:
     """The registered variant a name, tag or checkpoint is (None for another configuration)."""
     if is_model_name(source):
         return get_weights(source).variant
+    if is_hf_hub(source) or is_pretrained_folder(source):
+        return identify_variant(_hub_model(source).config)
     checkpoint = _read(source)
     return identify_variant(checkpoint.config or infer_config(checkpoint.state_dict))

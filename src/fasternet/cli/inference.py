@@ -87,7 +87,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> None:
     model = create_model(args.model, features_only=True if args.features_only else None)
     size = (args.batch_size, model.in_chans, args.image_size, args.image_size)
-    path = export(model, args.output, format=args.format, input_size=size, dynamic_batch=not args.static_batch)
+    path = export(
+        model,
+        args.output,
+        format=args.format,
+        input_size=size,
+        dynamic_batch=False if args.static_batch else None,
+        int8=args.int8,
+        calibration=args.calibration,
+        samples=args.samples,
+    )
     print(f"wrote {path} ({args.format}, checked against PyTorch)")
 
 
@@ -166,13 +175,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("images", nargs="+", help="image files or folders")
 
-    p = add_command(sub, "export", cmd_export, "export a deployed model (ONNX, OpenVINO IR, torch.export), checked")
+    p = add_command(sub, "export", cmd_export, "export a deployed model, checked in its runtime")
     p.add_argument("model", help="variant name or checkpoint path/URL")
-    p.add_argument("-o", "--output", required=True, help="output file (.onnx, .xml, .pt2)")
+    p.add_argument("-o", "--output", required=True, help="output file (.onnx .xml .pt2 .pte .tflite .param .mlpackage)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="export format")
     p.add_argument("--image-size", type=positive_int, default=224, help="input height and width")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="batch size traced (the batch stays dynamic)")
-    p.add_argument("--static-batch", action="store_true", help="fix the batch size instead")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="batch size traced (onnx/openvino/pt2: the batch stays dynamic)",
+    )
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size instead (onnx/openvino/pt2)")
+    p.add_argument("--int8", action="store_true", help="executorch/litert: INT8 with the toolchain's quantizer")
+    p.add_argument("--calibration", help="--int8: image folder to calibrate on (the model's own transform)")
+    p.add_argument("--samples", type=positive_int, default=100, help="--int8: calibration images")
     p.add_argument("--features-only", action="store_true", help="export the backbone (four feature maps)")
 
     p = add_command(

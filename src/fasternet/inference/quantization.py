@@ -16,16 +16,16 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fasternet._utils import require
+from fasternet.inference.calibration import QuantizationError, calibration_images
 from fasternet.inference.deployed import DeployedFasterNet, deploy
 from fasternet.inference.exporters import export
-from fasternet.io.images import ImageFolder, Unreadable, collate_skipping_failures, evaluation_folder, log_unreadable
 from fasternet.models import EvalTransform, FasterNet
 
 __all__ = ["QUANT_BACKENDS", "QuantizationError", "QuantizedModel", "fingerprint", "load_quantized", "quantize"]
@@ -33,10 +33,6 @@ __all__ = ["QUANT_BACKENDS", "QuantizationError", "QuantizedModel", "fingerprint
 QUANT_BACKENDS = ("openvino", "onnxruntime")
 PRESETS = ("accuracy", "performance")
 FORMAT_VERSION = "1"
-
-
-class QuantizationError(ValueError):
-    """Calibration data that cannot calibrate, or a quantized file that does not belong here."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,61 +55,6 @@ def fingerprint(model: FasterNet | DeployedFasterNet) -> str:
         digest.update(key.encode())
         digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _calibration_batches(
-    calibration: Any, input_size: tuple[int, ...], samples: int, transform: EvalTransform
-) -> list[torch.Tensor]:
-    """Up to ``samples`` single images (1xCxHxW float tensors) from a folder, dataset or loader."""
-    if isinstance(calibration, (str, os.PathLike)):
-        try:
-            folder = ImageFolder(evaluation_folder(calibration), transform=transform.replace(image_size=input_size[-1]))
-        except (FileNotFoundError, ValueError) as error:
-            raise QuantizationError(f"calibration data: {error}") from None
-        # A fixed random subset: the folder is sorted by class, and its first images are one class.
-        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[: 2 * samples].tolist()
-        calibration = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(folder, order), batch_size=1, shuffle=False, collate_fn=collate_skipping_failures
-        )
-    images: list[torch.Tensor] = []
-    skipped = 0
-    for item in _iterate(calibration):
-        if isinstance(item, Unreadable):
-            skipped += log_unreadable([item])
-            continue
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(x, torch.Tensor):
-            raise QuantizationError(f"calibration data must yield image tensors, got {type(x).__name__}")
-        x = x.unsqueeze(0) if x.ndim == 3 else x
-        if tuple(x.shape[1:]) != tuple(input_size[1:]):
-            raise QuantizationError(
-                f"calibration images are {tuple(x.shape[1:])}, the model is quantized for {tuple(input_size[1:])}: "
-                "use the model's evaluation transform (or pass input_size=)"
-            )
-        images.extend(x.float().split(1))
-        if len(images) >= samples:
-            break
-    if not images:
-        raise QuantizationError(f"no calibration image could be read ({skipped} unreadable)")
-    return images[:samples]
-
-
-def _iterate(source: Any) -> Iterator[Any]:
-    if isinstance(source, torch.utils.data.DataLoader) and source.collate_fn is not None:
-        for batch in source:
-            if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[1], list):
-                images, unreadable = batch  # from our collate: (batch or None, unreadable files)
-                yield from unreadable
-                if images is not None:
-                    yield images
-            else:
-                yield batch
-        return
-    if isinstance(source, torch.utils.data.Dataset) and not isinstance(source, Iterable):
-        for i in range(len(source)):
-            yield source[i]
-        return
-    yield from source
 
 
 def _ignored_nodes(nodes: Iterable[tuple[str, str]], keep_fp32: tuple[str, ...]) -> list[str]:
@@ -168,7 +109,7 @@ def quantize(
     deployed = deploy(model, form="dense") if isinstance(model, FasterNet) else model
     if deployed.features_only:
         raise ValueError("quantize() takes a classifier; a features_only model has no accuracy to keep")
-    images = _calibration_batches(calibration, input_size, samples, transform)
+    images = calibration_images(calibration, input_size, samples, transform)
     suffix = ".xml" if backend == "openvino" else ".onnx"
     path = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="fasternet-int8-")) / f"model{suffix}"
     if path.suffix != suffix:

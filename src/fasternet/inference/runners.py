@@ -9,6 +9,9 @@ tensor in, a torch tensor out (a list of four for a features_only model). Backen
 * ``onnxruntime``: the ONNX export in onnxruntime's CPU provider (fp32);
 * ``openvino``: OpenVINO's CPU plugin with ``INFERENCE_PRECISION_HINT`` pinned to f32 (OpenVINO
   silently computes in bf16 on CPUs that have it unless told) or set to bf16 when asked;
+* ``executorch`` / ``litert``: the model exported to a ``.pte`` (XNNPACK) / ``.tflite`` and run by
+  ExecuTorch's / LiteRT's runtime: the engines phones use (fp32; INT8 files from
+  ``fasternet.export(..., int8=True)`` run with ``runner(path)``), fixed input shape;
 * ``triton`` (CUDA): the fused block kernel (one Triton kernel per block, see
   ``fasternet.kernels``) on the stages where it beats cuDNN/cuBLAS on this GPU and input size,
   timed once when the runner is built (``Runner.metadata`` records the choice);
@@ -35,8 +38,9 @@ from torch import nn
 
 from fasternet._utils import atomic_write, cache_dir, cpu_flags, cpu_has_bf16, cpu_name, require
 from fasternet.builder import create_model
+from fasternet.inference import edge
 from fasternet.inference.deployed import DeployedFasterNet, deploy, is_deployed
-from fasternet.inference.exporters import export, output_names
+from fasternet.inference.exporters import ExportError, export, output_names
 from fasternet.inference.kernels.block import choose_fused_stages, fuse_blocks
 from fasternet.inference.quantization import QuantizedModel, load_quantized, quantize
 from fasternet.inference.timing import median_seconds
@@ -44,10 +48,12 @@ from fasternet.models import EvalTransform, FasterNet
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "UnsupportedPrecisionError", "int8_runner", "runner"]
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "triton", "triton-compile")
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "executorch", "litert", "triton", "triton-compile")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")  # torch-compile compiles for minutes: opt-in only
+# torch-compile compiles for minutes: opt-in only
+AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino", "executorch", "litert")
+EDGE_SUFFIXES = {".pte": "executorch", ".tflite": "litert"}
 # The PConv form each engine runs fastest (benchmarks/pconv_forms.py; T0 batch 1, 2 threads): eager
 # torch pays per operator and prefers one concat to two 1x1 convolutions; the graph compilers
 # prefer the split weight (no copy). A model that is already deployed keeps its form.
@@ -56,6 +62,8 @@ PREFERRED_FORM = {
     "torch-compile": "split",
     "onnxruntime": "concat",
     "openvino": "split",
+    "executorch": "split",
+    "litert": "split",
     "triton": "split",
     "triton-compile": "split",
 }
@@ -302,6 +310,15 @@ def _build(
         return call, {"fused_stages": stages, "stage_timings": timings}
     if device.type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU here; use backend='torch' for {device}")
+    if backend in ("executorch", "litert"):
+        if precision != "fp32":
+            raise UnsupportedPrecisionError(
+                f"{backend} runners are built in fp32; for INT8 export with fasternet.export(..., "
+                f"format={backend!r}, int8=True, calibration=...) and run the file"
+            )
+        directory = Path(tempfile.mkdtemp(prefix=f"fasternet-{backend}-"))
+        path = export(deployed, directory / "model", format=backend, input_size=input_size)
+        return _edge_call(path, backend, threads, input_size), {"file": str(path)}
     if backend == "onnxruntime":
         return _onnxruntime_call(deployed, precision, input_size, threads, None), {}
     if backend == "openvino":
@@ -309,15 +326,41 @@ def _build(
     raise ValueError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
 
 
+_ENGINE_MODULES = {
+    "onnxruntime": ("onnxruntime",),
+    "openvino": ("openvino",),
+    "executorch": ("executorch",),
+    "litert": ("litert_torch", "ai_edge_litert"),
+}
+
+
 def _installed(backend: str) -> bool:
     """Whether the engine behind ``backend`` imports (torch always does)."""
-    if backend not in ("onnxruntime", "openvino"):
-        return True
     try:
-        require(backend)
+        for module in _ENGINE_MODULES.get(backend, ()):
+            require(module)
     except ImportError:
         return False
     return True
+
+
+def _edge_call(path: Path, backend: str, threads: int | None, input_size: Sequence[int] | None) -> Callable:
+    """A ``.pte`` in ExecuTorch (XNNPACK) or a ``.tflite`` in LiteRT: float32 NCHW in, torch tensors out."""
+    if backend == "executorch":
+        portable = require("executorch.extension.pybindings.portable_lib")
+        if threads is not None:
+            portable._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool is process-wide
+        run = edge.executorch_method(path)
+    else:
+        run = edge.litert_interpreter(path, threads)
+
+    def call(x: torch.Tensor):
+        if input_size is not None and tuple(x.shape) != tuple(input_size):
+            raise ValueError(f"{path.name} takes inputs of shape {tuple(input_size)}, not {tuple(x.shape)}")
+        outputs = run(x.detach().float().cpu())
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    return call
 
 
 def runner(
@@ -339,7 +382,8 @@ def runner(
     device = torch.device(device)
     input_size = tuple(int(v) for v in input_size)
     _check_precision(precision, device)
-    if precision == "int8" or isinstance(model, QuantizedModel):
+    edge_file = isinstance(model, (str, os.PathLike)) and Path(model).suffix in EDGE_SUFFIXES
+    if (precision == "int8" and not edge_file) or isinstance(model, QuantizedModel):
         if isinstance(model, nn.Module):
             raise ValueError(
                 "INT8 needs calibration: q = fasternet.quantize(model, calibration_images); "
@@ -353,7 +397,7 @@ def runner(
         run = _runner_for_file(quantized.path, quantized.backend, "int8", quantized.input_size, threads, device)
         run.metadata = quantized.metadata
         return run
-    if isinstance(model, (str, os.PathLike)) and Path(model).suffix in (".onnx", ".xml"):
+    if isinstance(model, (str, os.PathLike)) and Path(model).suffix in (".onnx", ".xml", *EDGE_SUFFIXES):
         return _runner_for_file(Path(model), backend, precision, input_size, threads, device)
     if isinstance(model, (str, os.PathLike)):
         model = create_model(model)
@@ -383,6 +427,12 @@ def _runner_for_file(
 ) -> Runner:
     if not path.exists():
         raise FileNotFoundError(f"exported model not found: {path}")
+    if path.suffix in EDGE_SUFFIXES:
+        natural = EDGE_SUFFIXES[path.suffix]
+        if backend not in ("auto", natural):
+            raise ValueError(f"{path.name} runs with {natural}, not {backend!r}")
+        call = _edge_call(path, natural, threads, None)
+        return Runner(natural, precision, input_size, threads, device, call, features_only=False)
     natural = "onnxruntime" if path.suffix == ".onnx" else "openvino"
     backend = natural if backend == "auto" else backend
     if backend == "onnxruntime" and path.suffix == ".onnx":
@@ -417,8 +467,8 @@ def _auto_backend(
             continue
         try:
             call, _ = _build(backend, _deployed_for(model, backend), precision, input_size, threads, device)
-        except UnsupportedPrecisionError:
-            continue
+        except (UnsupportedPrecisionError, ExportError):
+            continue  # this engine cannot run this model here
         timings[backend] = median_seconds(lambda call=call: call(x))
     best = min(timings, key=timings.get)
     cache[key] = {"backend": best, "seconds": timings, "input_size": list(input_size), "precision": precision}
