@@ -1,6 +1,10 @@
 """Training throughput: `fasternet train` against a plain eager PyTorch loop, same model and data.
 
     python benchmarks/train_throughput.py --image-size 224 --batch-size 64 --steps 12 --repeats 3
+    python benchmarks/train_throughput.py --compare schedules --image-size 32 --steps 60 --repeats 5
+
+With ``--compare schedules``, `fasternet train` with the per-step schedule (the default) against the
+same with the official per-epoch one: what the per-step schedule costs.
 
 Both loops train FasterNet-T0 from the same image folder (JPEGs of ImageNet's typical size,
 500x375, written once into --data) with the same batch size and number of data workers:
@@ -91,7 +95,7 @@ def eager_loop(data: Path, size: int, batch: int, steps: int, workers: int) -> d
     return {"images_per_s": seen / seconds, "data_wait_share": wait / seconds}
 
 
-def fasternet_loop(data: Path, size: int, batch: int, steps: int, workers: int) -> dict:
+def fasternet_loop(data: Path, size: int, batch: int, steps: int, workers: int, schedule: str = "step") -> dict:
     with tempfile.TemporaryDirectory() as out:
         command = [
             sys.executable,
@@ -121,6 +125,8 @@ def fasternet_loop(data: Path, size: int, batch: int, steps: int, workers: int) 
             "--workers",
             str(workers),
             "--no-progress",
+            "--schedule",
+            schedule,
         ]
         subprocess.run(command, check=True, capture_output=True)
         record = json.loads((Path(out) / "log.jsonl").read_text().splitlines()[0])
@@ -135,14 +141,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "fasternet-bench-images"))
+    parser.add_argument("--compare", choices=["eager", "schedules"], default="eager")
     args = parser.parse_args()
 
     data = Path(args.data)
     write_images(data, args.batch_size * args.steps)
-    results: dict[str, list[dict]] = {"fasternet": [], "eager": []}
+    common = (data, args.image_size, args.batch_size, args.steps, args.workers)
+    if args.compare == "schedules":
+        runs = {
+            "per-step": lambda: fasternet_loop(*common, "step"),
+            "per-epoch": lambda: fasternet_loop(*common, "epoch"),
+        }
+    else:
+        runs = {"fasternet": lambda: fasternet_loop(*common), "eager": lambda: eager_loop(*common)}
+    results: dict[str, list[dict]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        results["fasternet"].append(fasternet_loop(data, args.image_size, args.batch_size, args.steps, args.workers))
-        results["eager"].append(eager_loop(data, args.image_size, args.batch_size, args.steps, args.workers))
+        for name, run in runs.items():
+            results[name].append(run())
     print(
         f"# {machine_description()}, {os.cpu_count()} cores; T0 {args.image_size}px, batch {args.batch_size}, "
         f"{args.steps} steps x {args.repeats} interleaved runs, {args.workers} data workers"
@@ -154,7 +169,8 @@ def main() -> None:
         summary[name] = speed
         each = ", ".join(f"{r['images_per_s']:.1f}" for r in runs)
         print(f"{name:<10} {speed:8.1f} img/s (runs: {each})  data wait {wait:.1%} of step time")
-    print(f"ratio fasternet / eager: {summary['fasternet'] / summary['eager']:.2f}x")
+    first, second = list(summary)
+    print(f"ratio {first} / {second}: {summary[first] / summary[second]:.2f}x")
 
 
 if __name__ == "__main__":

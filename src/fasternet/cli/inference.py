@@ -124,12 +124,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     request = from_args(args, bench.BenchRequest).with_preset(args.preset)
     say = (lambda m: None) if args.json else (lambda m: print(f"... {m}", file=sys.stderr))
     if args.what == "operators":
-        rows = bench.operator_table(threads=request.threads, rounds=request.rounds)
+        gpu = request.device.startswith("cuda")
+        rows = bench.operator_table(
+            threads=request.threads, rounds=request.rounds, device=request.device, batch=64 if gpu else 1
+        )
         if args.json:
-            print(json.dumps({"machine": bench.machine_description(), "threads": request.threads, "rows": rows}))
+            print(
+                json.dumps(
+                    {"machine": bench.machine_description(request.device), "threads": request.threads, "rows": rows}
+                )
+            )
         else:
             print(
-                f"# {bench.machine_description()}; threads {request.threads or torch.get_num_threads()}; "
+                f"# {bench.machine_description(request.device)}; threads {request.threads or torch.get_num_threads()}; "
                 "ten stacked layers, batch 1; GMAC/s = the paper's 'GFLOPs/s' (one FLOP per MAC)"
             )
             print(bench.format_operator_table(rows))

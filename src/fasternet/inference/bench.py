@@ -306,14 +306,23 @@ def operator_macs(name: str, channels: int, size: int, layers: int = 10) -> int:
 
 
 def operator_table(
-    *, threads: int | None = None, rounds: int = 5, per_round: int = 10, backend: str = "torch"
+    *,
+    threads: int | None = None,
+    rounds: int = 5,
+    per_round: int = 10,
+    backend: str = "torch",
+    device: str = "cpu",
+    batch: int = 1,
 ) -> list[dict[str, Any]]:
-    """Ten stacked layers of each operator on each feature-map size; latency and achieved GMAC/s."""
+    """Ten stacked layers of each operator on each feature-map size; latency and achieved GMAC/s.
+
+    The paper measures batch 1 on CPUs and ARM, and a large batch on its GPU (its Table 1).
+    """
     calls = {}
     for name, build in OPERATORS.items():
         for channels, size in OPERATOR_SHAPES:
-            stack = nn.Sequential(*(build(channels) for _ in range(10))).eval()
-            x = torch.randn(1, channels, size, size)
+            stack = nn.Sequential(*(build(channels) for _ in range(10))).eval().to(device)
+            x = torch.randn(batch, channels, size, size, device=device)
             if backend == "torch":
 
                 def call(stack=stack, x=x):
@@ -328,7 +337,7 @@ def operator_table(
     rows = []
     for (name, channels, size), t in times.items():
         latency = statistics.median(t)
-        macs = operator_macs(name, channels, size)
+        macs = operator_macs(name, channels, size) * batch
         rows.append(
             {
                 "operator": name,
@@ -373,6 +382,7 @@ def format_operator_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# The paper's Table 3 peers as timm names them, and timm's own FasterNet port.
 PEERS = (
     "mobilevit_xxs",
     "mobilenetv2_100",
@@ -380,6 +390,7 @@ PEERS = (
     "resnet50",
     "convnext_tiny",
     "swin_tiny_patch4_window7_224",
+    "swin_base_patch4_window7_224",
     "fasternet_t0",
     "fasternet_s",
 )

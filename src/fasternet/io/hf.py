@@ -40,6 +40,7 @@ __all__ = [
 HF_PREFIX = "hf-hub:"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+LEGACY_WEIGHTS_NAME = "pytorch_model.bin"  # older timm repositories, and timm's save_for_hf by default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +58,16 @@ def is_hf_hub(source: object) -> bool:
     return isinstance(source, str) and source.startswith(HF_PREFIX)
 
 
+def _weights_file(folder: Path) -> Path | None:
+    return next((folder / n for n in (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME) if (folder / n).is_file()), None)
+
+
 def is_pretrained_folder(source: object) -> bool:
-    """A folder in the Hub layout (``config.json`` and ``model.safetensors``), e.g. from save_pretrained."""
+    """A folder in the Hub layout (``config.json`` and the weights), e.g. from save_pretrained."""
     if not isinstance(source, (str, os.PathLike)) or is_hf_hub(source):
         return False
     path = Path(source)
-    return path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+    return path.is_dir() and (path / CONFIG_NAME).is_file() and _weights_file(path) is not None
 
 
 def hf_download(source: str) -> Path:
@@ -75,7 +80,10 @@ def hf_download(source: str) -> Path:
         raise ValueError(f"{source!r}: a Hub model is hf-hub:ORG/NAME (optionally @REVISION)")
     try:
         config = hub.hf_hub_download(repo_id, CONFIG_NAME, revision=revision or None)
-        hub.hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision or None)
+        try:
+            hub.hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision or None)
+        except require("huggingface_hub.errors").EntryNotFoundError:  # older repositories: pickled weights
+            hub.hf_hub_download(repo_id, LEGACY_WEIGHTS_NAME, revision=revision or None)
     except Exception as error:  # offline without a cached copy, unknown repository, no such revision
         offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
         hint = (
@@ -117,7 +125,10 @@ def read_pretrained(folder: str | os.PathLike, origin: str | None = None) -> Hub
         interpolation=pretrained_cfg.get("interpolation", "bicubic"),
     )
     names = raw.get("label_names") or pretrained_cfg.get("label_names")
-    return HubModel(config, folder / WEIGHTS_NAME, list(names) if names else None, transform, origin)
+    weights = _weights_file(folder)
+    if weights is None:
+        raise CheckpointError(f"{origin} has {CONFIG_NAME} but no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME}")
+    return HubModel(config, weights, list(names) if names else None, transform, origin)
 
 
 def _hub_config(model: FasterNet) -> dict[str, Any]:

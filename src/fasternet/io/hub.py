@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from fasternet._utils import cache_dir
 from fasternet.io.checkpoints import CheckpointError
-from fasternet.io.hf import WEIGHTS_NAME, hf_download, is_hf_hub
+from fasternet.io.hf import hf_download, is_hf_hub, read_pretrained
 
 __all__ = ["cache_dir", "download", "is_url", "resolve_checkpoint"]
 
@@ -36,7 +36,7 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
     """A local path for ``source``: URLs are downloaded into the cache, ``hf-hub:`` ids through
     huggingface_hub's (their weights file), paths are returned as is."""
     if is_hf_hub(source):
-        return hf_download(source) / WEIGHTS_NAME
+        return read_pretrained(hf_download(source), origin=source).weights
     return download(source) if is_url(source) else Path(source)
 
 

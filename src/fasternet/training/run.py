@@ -444,6 +444,7 @@ def _fit(run: _Run) -> dict[str, Any]:
             "lr": lr,
             "images_per_s": seen / stats.seconds,
             "seconds": time.perf_counter() - started,
+            "train_seconds": stats.seconds,
             "image_size": size,
             "data_wait_share": wait / info.world_size / stats.seconds,
             "skipped_images": int(skipped + result.skipped),
