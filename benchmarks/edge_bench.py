@@ -50,7 +50,7 @@ def peers(args: argparse.Namespace) -> None:
 def _top1(run, folder: ImageFolder, reference: torch.nn.Module) -> tuple[float, float]:
     """Top-1 of ``run`` and its top-1 agreement with ``reference`` over the folder, one image at a time."""
     correct = agree = total = 0
-    for batch, _ in image_loader(folder, batch_size=1, workers=2):
+    for batch, _ in image_loader(folder, batch_size=1, workers=0):
         if batch is None:
             continue
         x, label = batch[0], int(batch[1][0])

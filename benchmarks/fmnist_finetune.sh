@@ -40,7 +40,7 @@ timed() {  # name, flags: wall-clock minutes beside the final line
 }
 echo "# $("$PY" -c 'from fasternet._utils import machine_description; print(machine_description())')"
 [ -f "$OUT/pretrain/best.safetensors" ] || timed pretrain --model fasternet_t0 --data "$OUT/data_0to4" \
-    --epochs "$PRETRAIN_EPOCHS" --lr 3e-3 --warmup-epochs 1 --mixup 0 --cutmix 0 --crop pad "${COMMON[@]}"
+    --epochs "$PRETRAIN_EPOCHS" --lr 3e-3 --warmup-epochs 1 --mixup 0 --cutmix 0 "${COMMON[@]}"
 timed finetuned --pretrained "$OUT/pretrain/best.safetensors" --recipe finetune --data "$OUT/data_5to9_100" \
     --epochs "$EPOCHS" "${COMMON[@]}"
 timed scratch_same_recipe --model fasternet_t0 --recipe finetune --data "$OUT/data_5to9_100" --epochs "$EPOCHS" "${COMMON[@]}"

@@ -430,6 +430,36 @@ def test_fine_tuning_a_trained_run_on_other_classes_with_frozen_stages(dataset, 
     assert not torch.equal(end.stages[3].blocks[0].mlp[0].weight, start.stages[3].blocks[0].mlp[0].weight)
 
 
+def test_fine_tuning_on_as_many_other_classes_starts_a_new_classifier(dataset, tmp_path):
+    """Same class count, other names: the kept classifier would answer with the old labels."""
+    first = tmp_path / "first"
+    fasternet_cli("train", *QUICK, "--data", str(dataset), "--output", str(first), "--epochs", "1", "--workers", "0")
+    other = make_dataset(tmp_path / "other", classes=3, train=8, val=2)
+    for split in ("train", "val"):
+        for i, name in enumerate(["bag", "sandal", "shirt"]):
+            (other / split / f"class_{i}").rename(other / split / name)
+    result = fasternet_cli(
+        "train", "--pretrained", str(first / "best.safetensors"), "--recipe", "finetune", "--data", str(other),
+        "--output", str(tmp_path / "tuned"), "--epochs", "1", "--batch-size", "8", "--image-size", "32",
+        "--workers", "0", "--no-progress", "--amp", "off",
+    )  # fmt: skip
+    assert "classifier re-initialized: the checkpoint was trained on other classes (class_0, class_1, class_2)" in (
+        result.stderr
+    )
+    assert "left initialized" not in result.stderr.split("classifier re-initialized")[0]  # the backbone was kept
+    assert fasternet.create_model(tmp_path / "tuned" / "best.safetensors").class_names == ["bag", "sandal", "shirt"]
+
+
+def test_a_kept_classifier_follows_the_data_class_order():
+    from fasternet.training.run import match_classifier
+
+    model = fasternet.create_model("fasternet_t0", num_classes=3)
+    model.class_names = ["coat", "bag", "shirt"]
+    rows = model.classifier.weight.detach().clone()
+    match_classifier(model, ["bag", "coat", "shirt"])
+    assert torch.equal(model.classifier.weight, rows[[1, 0, 2]])
+
+
 def test_fine_tuning_from_a_variant_name_uses_its_release(dataset, tmp_path):
     from fasternet._utils import cache_dir
 

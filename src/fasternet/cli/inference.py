@@ -187,12 +187,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output file (.onnx .xml .pt2 .pte .tflite .param .mlpackage)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="export format")
     p.add_argument("--image-size", type=positive_int, default=224, help="input height and width")
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=1,
-        help="batch size traced (onnx/openvino/pt2: the batch stays dynamic)",
-    )
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch traced (onnx/openvino/pt2: dynamic)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size instead (onnx/openvino/pt2)")
     p.add_argument("--int8", action="store_true", help="executorch/litert: INT8 with the toolchain's quantizer")
     p.add_argument("--calibration", help="--int8: image folder to calibrate on (the model's own transform)")

@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,32 @@ def train(
     return run_training(config)
 
 
+def match_classifier(model: FasterNet, classes: Sequence[str]) -> None:
+    """Make a classifier kept from a checkpoint answer for the data's classes, by name.
+
+    A checkpoint that names its classes keeps its classifier only for the same classes (rows put
+    in the data's folder order); one trained on other classes, even as many, is re-initialized:
+    its outputs would be wrong labels, which costs more to unlearn than to learn afresh.
+    """
+    kept = getattr(model, "class_names", None)
+    if not kept or list(kept) == list(classes):
+        return
+    if sorted(kept) == sorted(classes):
+        order = torch.tensor([list(kept).index(name) for name in classes])
+        with torch.no_grad():
+            model.classifier.weight.copy_(model.classifier.weight[order])
+            model.classifier.bias.copy_(model.classifier.bias[order])
+        logger.info("classifier rows reordered from the checkpoint's class order to the data's")
+        return
+    others = sorted(set(kept) - set(classes))
+    model.reset_classifier(len(classes))
+    logger.warning(
+        "classifier re-initialized: the checkpoint was trained on other classes (%s%s) than the data's",
+        ", ".join(others[:3]),
+        ", ..." if len(others) > 3 else "",
+    )
+
+
 def resolve_model_name(model: str | None, pretrained: str | None) -> str:
     """The variant whose recipe a run uses: ``model``, or the one ``pretrained`` holds."""
     if model is not None:
@@ -266,6 +293,8 @@ def _set_up(config: TrainConfig, info: DistInfo) -> _Run:
     model = create_model(
         config.model, num_classes=num_classes, drop_path_rate=recipe.drop_path_rate, pretrained=pretrained
     )
+    if pretrained:
+        match_classifier(model, train_set.classes)
     model.class_names = train_set.classes
     model.freeze_stages(recipe.freeze_stages)
     if config.sync_bn and info.enabled:
