@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--pretrained",
         help="initialize from a variant's release (its name) or a checkpoint (any layout, e.g. another run's "
-        "best.safetensors); the classifier is kept when the class count fits",
+        "best.safetensors); the classifier is kept for the same classes (count, and names where stored)",
     )
     run.add_argument("--num-classes", type=positive_int, help="check the number of classes (default: from the folders)")
     run.add_argument("--resume", action="store_true", help="continue after the last completed epoch in --output")

@@ -214,6 +214,8 @@ def export(
     if int8:
         transform = transform or getattr(deployed, "eval_transform", None) or EvalTransform(input_size[-1])
         images = calibration_images(calibration, (1, *input_size[1:]), samples, transform)
+        if len(images) >= probe.shape[0]:  # INT8 is checked on real images: noise leaves the calibrated ranges
+            probe = torch.cat(list(images[: probe.shape[0]]))
     return _export_edge(deployed, format, x, probe, path, images)
 
 
