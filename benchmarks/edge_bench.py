@@ -85,13 +85,6 @@ def formats(args: argparse.Namespace) -> None:
     reference, labels = _predictions(model, folder, batch_size=250)
     pytorch_top1 = 100 * sum(p == label for p, label in zip(reference, labels, strict=True)) / len(labels)
     rows = [{"format": "PyTorch (eager fp32)", "bytes": None, "error": 0.0, "top1": pytorch_top1, "agreement": 100.0}]
-    calls = {
-        "onnx": lambda p: fasternet.runner(p),
-        "openvino": lambda p: fasternet.runner(p),
-        "executorch": lambda p: fasternet.runner(p),
-        "litert": lambda p: fasternet.runner(p),
-        "ncnn": _ncnn_call,
-    }
     for fmt, int8 in [(f, False) for f in ("onnx", "openvino", "executorch", "litert", "ncnn", "coreml")] + [
         ("executorch", True),
         ("litert", True),
@@ -116,7 +109,7 @@ def formats(args: argparse.Namespace) -> None:
         if fmt == "coreml":
             row.update(error=None, top1=None, agreement=None)  # Core ML predicts on macOS only
         else:
-            run = calls[fmt](path)
+            run = _ncnn_call(path) if fmt == "ncnn" else fasternet.runner(path)  # no NCNN runner backend
             with torch.no_grad():
                 got = run(probe)
                 row["error"] = relative_error(got[0] if isinstance(got, list) else got, model(probe))

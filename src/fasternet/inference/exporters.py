@@ -56,7 +56,11 @@ def _outputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _check(
-    name: str, actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], path: Path, tolerance: float
+    name: str,
+    actual: Sequence[torch.Tensor],
+    expected: Sequence[torch.Tensor],
+    path: Path,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> None:
     if len(actual) != len(expected):
         raise ExportError(f"{path}: {name} gives {len(actual)} outputs, PyTorch {len(expected)}")
@@ -119,7 +123,7 @@ def _check_onnx(path: Path, x: torch.Tensor, expected: list[torch.Tensor]) -> No
     ort = require("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     actual = [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
-    _check("onnxruntime", actual, expected, path, DEFAULT_TOLERANCE)
+    _check("onnxruntime", actual, expected, path)
 
 
 def _export_openvino(model: nn.Module, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
@@ -138,7 +142,7 @@ def _check_openvino(path: Path, x: torch.Tensor, expected: list[torch.Tensor]) -
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     result = compiled(x.numpy())
     actual = [torch.from_numpy(result[output].copy()) for output in compiled.outputs]
-    _check("OpenVINO", actual, expected, path, DEFAULT_TOLERANCE)
+    _check("OpenVINO", actual, expected, path)
 
 
 def _export_pt2(model: nn.Module, x: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
@@ -149,7 +153,7 @@ def _export_pt2(model: nn.Module, x: torch.Tensor, path: Path, dynamic_batch: bo
 
 def _check_pt2(path: Path, x: torch.Tensor, expected: list[torch.Tensor]) -> None:
     loaded = torch.export.load(str(path)).module()
-    _check("torch.export.load", _outputs(loaded, x), expected, path, DEFAULT_TOLERANCE)
+    _check("torch.export.load", _outputs(loaded, x), expected, path)
 
 
 _EXPORTERS = {
